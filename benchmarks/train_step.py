@@ -1,0 +1,117 @@
+"""Times the SMoG train step against the backbone's own forward and backward.
+
+The overhead SMoG adds (target forward aside, which any momentum method pays):
+grouping, the group contrastive loss and the EMA update. Two jitted steps on
+the same crops, network and optimiser:
+  * `smog`: the real `train.train_step`;
+  * `baseline`: online forward of the same crops + target forward + a loss that
+    is a plain mean of the predictions (no grouping, no EMA).
+Prints milliseconds per step and the relative overhead.
+
+  python benchmarks/train_step.py --config configs/fashion_mnist.py
+  python benchmarks/train_step.py --config configs/fashion_mnist.py \
+      --config.batch_size=128 --steps 10
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from ml_collections import config_flags
+
+from smog_jax import models, optim, schedules, sharding, train, train_state
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up).')
+
+
+def baseline_step(state, batch, *, network, tx):
+  """Backbone + heads forward/backward and target forward, no SMoG math."""
+  target_out, _ = network.apply(
+      {'params': state.target_params, 'batch_stats': state.target_batch_stats},
+      train._merge_crops(batch['target_large']), train=True,
+      with_predictor=False, mutable=['batch_stats'])
+
+  def loss_fn(params):
+    out = []
+    for key in ('online_large', 'online_small'):
+      o, _ = network.apply({'params': params,
+                            'batch_stats': state.batch_stats},
+                           train._merge_crops(batch[key]), train=True,
+                           mutable=['batch_stats'])
+      out.append(jnp.mean(o['prediction']))
+    return sum(out) + 0.0 * jnp.mean(target_out['projection'])
+
+  grads = jax.grad(loss_fn)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return state.replace(params=optax.apply_updates(state.params, updates),
+                       opt_state=opt_state, step=state.step + 1), {}
+
+
+def _time(fn, state, batch, steps):
+  for _ in range(2):
+    state, m = fn(state, batch)
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, m = fn(state, batch)
+  jax.block_until_ready(state)
+  return (time.perf_counter() - start) / steps, state
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  mesh = sharding.make_mesh()
+  d = config.data
+  network = models.build_network(config.model)
+  sched = schedules.from_config(config, 1000, 100)
+  tx = optim.make_optimizer(config.optimizer, sched.learning_rate)
+  s, ss, c = d.image_size, d.small_image_size, d.channels
+  b = config.batch_size
+  rng = np.random.default_rng(0)
+  batch = dict(
+      online_large=rng.normal(size=(b, d.num_large_crops, s, s, c)),
+      online_small=rng.normal(size=(b, d.num_small_crops, ss, ss, c)),
+      target_large=rng.normal(size=(b, d.num_large_crops, s, s, c)),
+      index=np.arange(b), label=np.zeros(b))
+  batch = {k: v.astype(np.float32 if v.dtype == np.float64 else np.int32)
+           for k, v in batch.items()}
+  batch = sharding.shard_host_batch(batch, mesh)
+
+  def fresh_state():
+    st = train_state.create_train_state(
+        jax.random.PRNGKey(0), network, tx, (s, s, c), config.smog.num_heads,
+        config.smog.num_groups)
+    return jax.device_put(st, train_state.state_sharding(st, mesh))
+
+  step_config = train.StepConfig(sched, config.smog.temperature,
+                                 config.smog.centroid_gradient)
+  st = fresh_state()
+  smog_fn = train.jit_train_step(network, tx, step_config, mesh, st)
+  shard = train_state.state_sharding(st, mesh)
+  base_fn = jax.jit(functools.partial(baseline_step, network=network, tx=tx),
+                    in_shardings=(shard, sharding.data_sharded(mesh)),
+                    out_shardings=(shard, sharding.replicated(mesh)),
+                    donate_argnums=(0,))
+  t_base, _ = _time(base_fn, fresh_state(), batch, _STEPS.value)
+  t_smog, _ = _time(smog_fn, st, batch, _STEPS.value)
+  t_base2, _ = _time(base_fn, fresh_state(), batch, _STEPS.value)
+  t_base = min(t_base, t_base2)
+  print(f'devices={jax.device_count()} ({jax.devices()[0].device_kind}) '
+        f'batch={b} crops={d.num_large_crops}x{s}+{d.num_small_crops}x{ss} '
+        f'heads={config.smog.num_heads} groups={config.smog.num_groups} '
+        f'backbone={config.model.backbone} width={config.model.width}')
+  print(f'baseline step: {1e3 * t_base:8.1f} ms   ({b / t_base:7.1f} img/s)')
+  print(f'SMoG step:     {1e3 * t_smog:8.1f} ms   ({b / t_smog:7.1f} img/s)')
+  print(f'SMoG overhead: {100 * (t_smog / t_base - 1):+.1f} %')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,89 @@
+"""Linear evaluation / kNN configs: `configs/linear_eval.py:VARIANT`.
+
+Variants: imagenet2012, cifar10, cifar100, fashion_mnist, fashion_mnist_tiny.
+
+Fields:
+  mode: 'linear' (frozen backbone on augmented crops every epoch; the
+    reference protocol), 'fast' (features extracted once, head fitted on
+    them) or 'knn' (weighted kNN on the fixed features).
+  pretrained: a pre-training workdir, an exported backbone directory,
+    'random' (config.model, random init from seed) or 'pixels'.
+  seed: head initialisation, shuffling and augmentation seed.
+  batch_size: global mini-batch of the linear head (both linear modes).
+  num_classes: classes of the dataset.
+  inherit_preprocessing: use the backbone's normalisation (mean, std,
+    channels) from its checkpoint/export instead of config.data's.
+  log_every_steps: 'linear' mode: a metrics.jsonl line every N steps.
+  checkpoint_every_epochs: 'linear' mode: orbax checkpoint period.
+  model: the architecture of 'random' (ignored for checkpoints, which carry
+    their own); see smog_jax/models/__init__.py.
+  linear.epochs, linear.learning_rate, linear.momentum, linear.weight_decay:
+    SGD with cosine decay to 0 over all steps.
+  linear.standardize: standardise features with the training mean/std
+    (in 'linear' mode estimated on `linear.standardize_batches` batches of
+    augmented crops before training, then frozen).
+  knn.k, knn.temperature: weighted kNN (InstDisc/DINO weights exp(sim/T)).
+  data: smog_jax.data fields (dataset, train_slice, eval_split,
+    eval_batch_size = batch of feature extraction, ...).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from smog_jax.data import default_data_config
+
+_VARIANTS = ('imagenet2012', 'cifar10', 'cifar100', 'fashion_mnist',
+             'fashion_mnist_tiny')
+
+
+def _model(backbone: str, stem: str, width: float = 1.0
+           ) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      backbone=backbone, width=width, stem=stem, dtype='float32',
+      bn_momentum=0.9))
+
+
+def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:
+  """The config of `variant` (one of `_VARIANTS`)."""
+  if variant not in _VARIANTS:
+    raise ValueError(f'Unknown variant {variant!r}; choose one of {_VARIANTS}.')
+  dataset = 'fashion_mnist' if variant.startswith('fashion_mnist') else variant
+  c = ml_collections.ConfigDict()
+  c.mode = 'linear'
+  c.pretrained = ''
+  c.seed = 0
+  c.batch_size = 256
+  c.num_classes = {'imagenet2012': 1000, 'cifar100': 100}.get(dataset, 10)
+  c.inherit_preprocessing = True
+  c.log_every_steps = 100
+  c.checkpoint_every_epochs = 1
+  c.data = default_data_config(dataset)
+  c.data.eval_batch_size = 512
+  c.knn = ml_collections.ConfigDict(dict(k=20, temperature=0.07))
+  # The reference ResNet recipe: 100 epochs, SGD m0.9, lr 0.3, cosine,
+  # wd 1e-6 (Swin-T: lr 0.1, wd 0, 150 epochs).
+  c.linear = ml_collections.ConfigDict(dict(
+      epochs=100, learning_rate=0.3, momentum=0.9, weight_decay=1e-6,
+      standardize=True, standardize_batches=20))
+
+  if variant == 'imagenet2012':
+    c.model = _model('resnet50', 'imagenet')
+    c.data.eval_batch_size = 1024
+  elif variant in ('cifar10', 'cifar100'):
+    c.model = _model('resnet18', 'cifar')
+  elif variant == 'fashion_mnist':
+    # 60k small grey images: the head converges well before 100 epochs.
+    c.model = _model('resnet18', 'cifar')
+    c.linear.epochs = 30
+  else:  # fashion_mnist_tiny: a seconds-on-CPU smoke test.
+    c.mode = 'fast'
+    c.model = _model('resnet18', 'cifar', width=0.125)
+    c.batch_size = 64
+    c.log_every_steps = 4
+    c.data.train_slice = 512
+    c.data.eval_split = 'test[:512]'
+    c.data.eval_batch_size = 128
+    c.linear.epochs = 5
+    c.linear.standardize_batches = 2
+  return c

@@ -1,0 +1,205 @@
+"""Weighted k-nearest-neighbour classification of frozen features.
+
+The InstDisc / DINO monitor: features are L2-normalised, each test row takes
+its `k` most cosine-similar training rows, each neighbour votes for its class
+with weight `exp(sim / T)`, and the class with the largest summed weight wins
+(ties between classes go to the lowest class id; ties between neighbours of
+equal similarity to the lowest training row, as `lax.top_k` orders them).
+
+The test rows are processed in chunks inside one compiled `lax.map`, so the
+`[chunk, N]` similarity block bounds memory whatever the size of the test set.
+With a mesh the training rows are split over its `data` axis: each device
+keeps the top-k of its own shard and only `k` candidates per device are
+gathered, so no device ever holds all `N` similarities of a row.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from smog_jax import sharding as sharding_lib
+
+# Elements of the [chunk, N] similarity block per device when choosing the
+# chunk size automatically (~256 MiB of float32).
+_DEFAULT_BLOCK_ELEMENTS = 64 * 1024 * 1024
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """Rows scaled to unit L2 norm (zero rows stay zero)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+  return x / jnp.maximum(norm, eps)
+
+
+def _vote(sims: jax.Array, labels: jax.Array, num_classes: int,
+          temperature: float, top: int) -> jax.Array:
+  """`[c, k]` neighbour similarities and labels -> `[c, top]` best classes.
+
+  Classes are ranked by summed vote weight; `lax.top_k` puts the lower class
+  id first on equal votes, as `argmax` would.
+  """
+  weights = jnp.exp(sims / temperature)
+  # Padding rows carry similarity -inf, hence weight 0: they never vote.
+  votes = jnp.sum(jax.nn.one_hot(labels, num_classes) * weights[..., None],
+                  axis=1)
+  return jax.lax.top_k(votes, top)[1]
+
+
+def _chunked(test: jax.Array, chunk_size: int, fn) -> jax.Array:
+  """Applies `fn` to `[chunk_size, F]` blocks of `test`; returns `[T, ...]`."""
+  num_test = test.shape[0]
+  num_chunks = -(-num_test // chunk_size)
+  padded = jnp.pad(test, ((0, num_chunks * chunk_size - num_test), (0, 0)))
+  out = jax.lax.map(fn, padded.reshape(num_chunks, chunk_size, -1))
+  return out.reshape((-1,) + out.shape[2:])[:num_test]
+
+
+@functools.partial(jax.jit,
+                   static_argnames=('num_classes', 'k', 'chunk_size', 'top'))
+def _predict_single(train: jax.Array, train_labels: jax.Array,
+                    test: jax.Array, *, num_classes: int, k: int,
+                    temperature: float, chunk_size: int, top: int) -> jax.Array:
+  train = l2_normalize(train)
+
+  def chunk_fn(block):
+    sims, idx = jax.lax.top_k(l2_normalize(block) @ train.T, k)
+    return _vote(sims, train_labels[idx], num_classes, temperature, top)
+
+  return _chunked(test, chunk_size, chunk_fn)
+
+
+def _local_then_global_topk(block: jax.Array, train: jax.Array,
+                            labels: jax.Array, valid: jax.Array, k: int):
+  """Inside shard_map: top-k of this device's train shard, then of the union.
+
+  Candidates are concatenated in device order, i.e. ascending global row, so
+  ties resolve as a global `top_k` would.
+  """
+  sims = jnp.where(valid[None, :], block @ train.T, -jnp.inf)
+  local_k = min(k, train.shape[0])
+  vals, idx = jax.lax.top_k(sims, local_k)
+  vals = jax.lax.all_gather(vals, sharding_lib.DATA_AXIS, axis=1, tiled=True)
+  labs = jax.lax.all_gather(labels[idx], sharding_lib.DATA_AXIS, axis=1,
+                            tiled=True)
+  vals, pick = jax.lax.top_k(vals, k)
+  return vals, jnp.take_along_axis(labs, pick, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=('num_classes', 'k', 'chunk_size',
+                                             'top', 'mesh'))
+def _predict_sharded(train: jax.Array, train_labels: jax.Array,
+                     valid: jax.Array, test: jax.Array, *, num_classes: int,
+                     k: int, temperature: float, chunk_size: int,
+                     top: int, mesh: Mesh) -> jax.Array:
+  train = l2_normalize(train)
+  topk = jax.shard_map(
+      functools.partial(_local_then_global_topk, k=k), mesh=mesh,
+      in_specs=(P(), P(sharding_lib.DATA_AXIS), P(sharding_lib.DATA_AXIS),
+                P(sharding_lib.DATA_AXIS)),
+      out_specs=P(), check_vma=False)
+
+  def chunk_fn(block):
+    sims, labels = topk(l2_normalize(block), train, train_labels, valid)
+    return _vote(sims, labels, num_classes, temperature, top)
+
+  return _chunked(test, chunk_size, chunk_fn)
+
+
+def knn_classify(train_features: np.ndarray | jax.Array,
+                 train_labels: np.ndarray | jax.Array,
+                 test_features: np.ndarray | jax.Array,
+                 num_classes: int, k: int = 20, temperature: float = 0.07,
+                 *, top: int = 1, mesh: Mesh | None = None,
+                 chunk_size: int | None = None) -> np.ndarray:
+  """The `top` best classes by weighted kNN vote for every test row.
+
+  Args:
+    train_features: `[N, F]` (need not be normalised).
+    train_labels: `[N]` int class ids in `[0, num_classes)`.
+    test_features: `[T, F]`.
+    num_classes: C.
+    k: neighbours per test row (clamped to N).
+    temperature: T of the `exp(sim / T)` vote weights.
+    top: classes returned per row, best first (clamped to C).
+    mesh: optional 1-D `data` mesh; the training rows are split over it.
+    chunk_size: test rows per block; default keeps each device's similarity
+      block near 256 MiB.
+
+  Returns:
+    `[T, top]` int32 class ids, on the host.
+  """
+  train = np.asarray(train_features, np.float32)
+  labels = np.asarray(train_labels, np.int32)
+  test = np.asarray(test_features, np.float32)
+  if train.ndim != 2 or test.ndim != 2 or train.shape[1] != test.shape[1]:
+    raise ValueError(f'Expected [N, F] and [T, F] features, got {train.shape} '
+                     f'and {test.shape}.')
+  top = max(1, min(int(top), int(num_classes)))
+  if test.shape[0] == 0:
+    return np.zeros((0, top), np.int32)
+  k = max(1, min(int(k), train.shape[0]))
+  devices = 1 if mesh is None else mesh.size
+  rows_per_device = -(-train.shape[0] // devices)
+  if chunk_size is None:
+    chunk_size = max(1, min(1024, _DEFAULT_BLOCK_ELEMENTS // rows_per_device))
+  chunk_size = max(1, min(int(chunk_size), test.shape[0]))
+  kwargs = dict(num_classes=int(num_classes), k=k,
+                temperature=float(temperature), chunk_size=chunk_size, top=top)
+  if mesh is None:
+    pred = _predict_single(train, labels, test, **kwargs)
+  else:
+    pad = rows_per_device * devices - train.shape[0]
+    valid = np.arange(train.shape[0] + pad) < train.shape[0]
+    train = np.pad(train, ((0, pad), (0, 0)))
+    labels = np.pad(labels, (0, pad))
+    put = lambda x, s: jax.device_put(x, NamedSharding(mesh, s))
+    pred = _predict_sharded(
+        put(train, P(sharding_lib.DATA_AXIS)),
+        put(labels, P(sharding_lib.DATA_AXIS)),
+        put(valid, P(sharding_lib.DATA_AXIS)), put(test, P()),
+        mesh=mesh, **kwargs)
+  return np.asarray(jax.device_get(pred)).astype(np.int32)
+
+
+def knn_top1(train_features: np.ndarray | jax.Array,
+             train_labels: np.ndarray | jax.Array,
+             test_features: np.ndarray | jax.Array,
+             test_labels: np.ndarray | jax.Array,
+             num_classes: int, k: int = 20, temperature: float = 0.07,
+             *, mesh: Mesh | None = None,
+             chunk_size: int | None = None) -> float:
+  """Top-1 accuracy (fraction in [0, 1]) of the weighted kNN classifier.
+
+  Args and defaults as `knn_classify`; `test_labels` is `[T]`.
+
+  Returns:
+    The fraction of test rows whose predicted class equals their label.
+  """
+  test_labels = np.asarray(test_labels)
+  if test_labels.shape[0] == 0:
+    return float('nan')
+  pred = knn_classify(train_features, train_labels, test_features,
+                      num_classes, k, temperature, mesh=mesh,
+                      chunk_size=chunk_size)
+  return float(np.mean(pred[:, 0] == test_labels))
+
+
+def knn_accuracy(train_features: np.ndarray | jax.Array,
+                 train_labels: np.ndarray | jax.Array,
+                 test_features: np.ndarray | jax.Array,
+                 test_labels: np.ndarray | jax.Array,
+                 num_classes: int, k: int = 20, temperature: float = 0.07,
+                 *, mesh: Mesh | None = None,
+                 chunk_size: int | None = None) -> dict[str, float]:
+  """`{'top1', 'top5'}` accuracies (fractions) of the weighted kNN vote."""
+  test_labels = np.asarray(test_labels)
+  pred = knn_classify(train_features, train_labels, test_features,
+                      num_classes, k, temperature, top=5, mesh=mesh,
+                      chunk_size=chunk_size)
+  hit = pred == test_labels[:, None]
+  return dict(top1=float(np.mean(hit[:, 0])),
+              top5=float(np.mean(hit.any(axis=1))))

@@ -1,0 +1,44 @@
+r"""SMoG pre-training binary.
+
+  python -m smog_jax.main --config configs/fashion_mnist.py --workdir runs/fmnist
+  python -m smog_jax.main --config configs/fashion_mnist.py:tiny \
+      --config.total_steps=8 --workdir /tmp/smog_tiny
+
+Resumes automatically from the newest checkpoint in --workdir. Multi-host:
+--coordinator_address/--num_processes/--process_id, or nothing on a TPU pod or
+a SLURM job (auto-detected). The loop lives in `smog_jax.trainer`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from smog_jax import distributed
+
+
+def define_flags() -> None:
+  """Registers the flags (at run time, not import time)."""
+  config_flags.DEFINE_config_file('config', None, 'Training config file.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Checkpoints and metrics go here.')
+  distributed.define_flags()
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  distributed.initialize()
+  from smog_jax import trainer  # pylint: disable=g-import-not-at-top
+  trainer.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  logging.info('Done.')
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

@@ -1,0 +1,81 @@
+"""Pluggable backbones and the SMoG network, built from `config.model`.
+
+`config.model` fields:
+  backbone: 'resnet18' | 'resnet34' | 'resnet50' | 'resnet101' | 'resnet152',
+    or 'resnet' with explicit `stage_sizes` (e.g. [1, 1]) and `block`
+    ('basic' | 'bottleneck') for tiny test and smoke-test networks.
+  width: channel multiplier of the backbone (1.0 = standard; 2.0 = 50w2).
+  stem: 'imagenet' (224 px) or 'cifar' (28-32 px: 3x3 conv, no max-pool).
+  projector_hidden_dim, predictor_hidden_dim: 2048 in the reference.
+  projection_dim: 128 (ResNet) / 256 (Swin-T) in the reference.
+  head_activation: 'relu' (ResNet) or 'gelu' (Swin-T).
+  dtype: computation dtype, 'float32' or 'bfloat16'.
+  bn_momentum: decay of BN running statistics.
+New backbones register in `BACKBONES`: a callable `(model_config) -> module`
+whose `__call__(images, train)` returns pooled `[B, F]` features.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from smog_jax.models.heads import MLPHead, SMoGNetwork
+from smog_jax.models.resnet import BasicBlock, BottleneckBlock, ResNet, resnet
+
+
+def _resnet_kwargs(cfg: ml_collections.ConfigDict) -> dict:
+  return dict(width=cfg.get('width', 1.0), stem=cfg.get('stem', 'imagenet'),
+              dtype=_dtype(cfg), bn_momentum=cfg.get('bn_momentum', 0.9))
+
+
+def _resnet_factory(depth: int) -> Callable[[ml_collections.ConfigDict],
+                                            nn.Module]:
+  return lambda cfg: resnet(depth, **_resnet_kwargs(cfg))
+
+
+def _custom_resnet(cfg: ml_collections.ConfigDict) -> nn.Module:
+  blocks = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}
+  return ResNet(stage_sizes=tuple(cfg.stage_sizes),
+                block_cls=blocks[cfg.get('block', 'basic')],
+                **_resnet_kwargs(cfg))
+
+
+BACKBONES: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
+    f'resnet{d}': _resnet_factory(d) for d in (18, 34, 50, 101, 152)
+}
+BACKBONES['resnet'] = _custom_resnet
+
+_ACTIVATIONS = {'relu': nn.relu, 'gelu': nn.gelu}
+
+
+def _dtype(cfg: ml_collections.ConfigDict):
+  return jnp.dtype(cfg.get('dtype', 'float32'))
+
+
+def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
+  """The backbone named by `cfg.backbone`."""
+  if cfg.backbone not in BACKBONES:
+    raise ValueError(f'Unknown backbone {cfg.backbone!r}; registered: '
+                     f'{sorted(BACKBONES)}.')
+  return BACKBONES[cfg.backbone](cfg)
+
+
+def build_network(cfg: ml_collections.ConfigDict) -> SMoGNetwork:
+  """Backbone + projector + predictor as the spec's "Networks" section."""
+  act = _ACTIVATIONS[cfg.get('head_activation', 'relu')]
+  common = dict(activation=act, dtype=_dtype(cfg),
+                bn_momentum=cfg.get('bn_momentum', 0.9))
+  return SMoGNetwork(
+      backbone=build_backbone(cfg),
+      projector=MLPHead(cfg.projector_hidden_dim, cfg.projection_dim,
+                        output_norm=True, **common),
+      predictor=MLPHead(cfg.predictor_hidden_dim, cfg.projection_dim,
+                        output_norm=False, **common))
+
+
+__all__ = ['BACKBONES', 'MLPHead', 'ResNet', 'SMoGNetwork', 'build_backbone',
+           'build_network', 'resnet']

@@ -1,0 +1,144 @@
+"""ResNet backbones (He et al. 2016) in Flax linen, returning pooled features.
+
+Two stems: `imagenet` (7x7/2 conv + 3x3/2 max-pool) for 224 px inputs and
+`cifar` (3x3/1 conv, no max-pool) for 28-32 px inputs. `width` scales every
+layer's channel count (ResNet-50w2 is `width=2`; small CPU configs use e.g.
+`width=0.5`).
+
+BatchNorm has no `axis_name`: the train step is compiled with `jax.jit` over
+global arrays, so the batch mean and variance are already over the whole global
+batch (synchronised BN) wherever the batch is sharded.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable[[jax.Array], jax.Array]
+  strides: int = 1
+
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    residual = x
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
+    y = self.act(self.norm()(y))
+    y = self.conv(self.filters, (3, 3))(y)
+    # Zero-init the last BN scale: each block starts as the identity.
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters, (1, 1), (self.strides, self.strides),
+                           name='conv_proj')(residual)
+      residual = self.norm(name='norm_proj')(residual)
+    return self.act(residual + y)
+
+
+class BottleneckBlock(nn.Module):
+  """1x1 reduce, 3x3 (strided, as in torchvision's v1.5), 1x1 expand (x4)."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable[[jax.Array], jax.Array]
+  strides: int = 1
+
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    residual = x
+    y = self.conv(self.filters, (1, 1))(x)
+    y = self.act(self.norm()(y))
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)
+    y = self.act(self.norm()(y))
+    y = self.conv(self.filters * self.expansion, (1, 1))(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters * self.expansion, (1, 1),
+                           (self.strides, self.strides),
+                           name='conv_proj')(residual)
+      residual = self.norm(name='norm_proj')(residual)
+    return self.act(residual + y)
+
+
+class ResNet(nn.Module):
+  """ResNet trunk + global average pooling: images -> `[B, num_features]`.
+
+  Attributes:
+    stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+    block_cls: `BasicBlock` or `BottleneckBlock`.
+    width: channel multiplier (stage i has `round(64 * 2**i * width)` filters).
+    stem: 'imagenet' or 'cifar'.
+    dtype: computation dtype (parameters stay float32).
+    bn_momentum: running-average decay of the BN statistics.
+  """
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  width: float = 1.0
+  stem: str = 'imagenet'
+  dtype: Any = jnp.float32
+  bn_momentum: float = 0.9
+
+  @property
+  def num_features(self) -> int:
+    return (max(1, round(64 * self.width)) * 2**(len(self.stage_sizes) - 1) *
+            self.block_cls.expansion)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             kernel_init=nn.initializers.variance_scaling(
+                                 2.0, 'fan_out', 'normal'))
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=self.bn_momentum, epsilon=1e-5,
+                             dtype=self.dtype)
+    base = max(1, round(64 * self.width))
+    x = x.astype(self.dtype)
+    if self.stem == 'imagenet':
+      x = conv(base, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
+               name='conv_init')(x)
+      x = nn.relu(norm(name='bn_init')(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+    elif self.stem == 'cifar':
+      x = conv(base, (3, 3), name='conv_init')(x)
+      x = nn.relu(norm(name='bn_init')(x))
+    else:
+      raise ValueError(f"Unknown ResNet stem {self.stem!r}; use 'imagenet' or "
+                       "'cifar'.")
+    for i, num_blocks in enumerate(self.stage_sizes):
+      for j in range(num_blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = self.block_cls(base * 2**i, conv=conv, norm=norm, act=nn.relu,
+                           strides=strides)(x)
+    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
+RESNET_DEPTHS = {
+    18: ((2, 2, 2, 2), BasicBlock),
+    34: ((3, 4, 6, 3), BasicBlock),
+    50: ((3, 4, 6, 3), BottleneckBlock),
+    101: ((3, 4, 23, 3), BottleneckBlock),
+    152: ((3, 8, 36, 3), BottleneckBlock),
+}
+
+
+def resnet(depth: int, **kwargs) -> ResNet:
+  """ResNet-`depth` for depth in 18, 34, 50, 101, 152."""
+  if depth not in RESNET_DEPTHS:
+    raise ValueError(f'No ResNet-{depth}; choose one of '
+                     f'{sorted(RESNET_DEPTHS)}.')
+  stage_sizes, block_cls = RESNET_DEPTHS[depth]
+  return ResNet(stage_sizes=stage_sizes, block_cls=block_cls, **kwargs)

@@ -1,0 +1,306 @@
+"""Input pipelines on the committed Fashion-MNIST fixture and on tfds mock ImageNet."""
+
+import gzip
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from jax.sharding import Mesh
+
+import smog_jax.data as data
+from smog_jax.data import pipeline
+from smog_jax.data import settings as settings_lib
+from smog_jax.data import sources
+
+FIXTURE = os.path.join(os.path.dirname(__file__), 'data', 'fashion_mnist')
+N = 64  # Examples per split in the fixture.
+
+
+def _raw_idx(name):
+  """Independent IDX reader (fixed 16/8-byte headers of the MNIST files)."""
+  with gzip.open(os.path.join(FIXTURE, name), 'rb') as f:
+    raw = f.read()
+  return np.frombuffer(raw, np.uint8, offset=16 if 'images' in name else 8)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def _config(data_dir, **overrides):
+  cfg = ml_collections.ConfigDict(dict(batch_size=16, seed=3, data=data.default_data_config()))
+  cfg.data.data_dir = data_dir
+  cfg.data.fashion_mnist_idx_dir = FIXTURE
+  cfg.data.download = False
+  for k, v in overrides.items():
+    cfg.data[k] = v
+  return cfg
+
+
+def _host_batches(cfg, start_step, rows, n):
+  s = settings_lib.resolve(cfg)
+  it = pipeline.build_train_dataset(s, start_step, *rows).as_numpy_iterator()
+  return [next(it) for _ in range(n)]
+
+
+def _mesh():
+  return Mesh(np.array(jax.devices()), ('data',))
+
+
+def test_offline_fashion_mnist_build_from_idx(data_dir):
+  builder = sources.get_builder(settings_lib.resolve(_config(data_dir)))
+  assert builder.is_prepared()
+  assert builder.info.splits['train'].num_examples == N
+  # Loads like a downloaded copy, through the public tfds API.
+  ds = tfds.load('fashion_mnist', split='test', data_dir=data_dir, batch_size=-1,
+                 download=False)
+  np.testing.assert_array_equal(ds['image'].numpy().reshape(-1),
+                                _raw_idx('t10k-images-idx3-ubyte.gz'))
+  np.testing.assert_array_equal(ds['label'].numpy(), _raw_idx('t10k-labels-idx1-ubyte.gz'))
+  assert data.num_train_examples(_config(data_dir)) == N
+  assert data.num_train_examples(_config(data_dir, train_slice=40)) == 40
+
+
+def test_missing_data_raises_one_clear_error(tmp_path):
+  cfg = _config(str(tmp_path), fashion_mnist_idx_dir=str(tmp_path / 'none'))
+  with pytest.raises(data.DataNotFoundError) as e:
+    data.num_train_examples(cfg)
+  msg = str(e.value)
+  assert 'data_dir' in msg and 'internet' in msg and 'dataset-fashion-mnist' in msg
+
+
+def test_train_batch_contract_and_determinism(data_dir):
+  cfg = _config(data_dir)
+  b0, b1 = _host_batches(cfg, 0, (0, 16), 2)
+  assert b0['online_large'].shape == (16, 2, 28, 28, 1)
+  assert b0['online_small'].shape == (16, 4, 14, 14, 1)
+  assert b0['target_large'].shape == (16, 2, 28, 28, 1)
+  assert b0['index'].dtype == np.int32 and b0['label'].dtype == np.int32
+  assert b0['online_large'].dtype == np.float32
+  lo, hi = (0 - 0.2860) / 0.3530, (1 - 0.2860) / 0.3530
+  for k in ('online_large', 'online_small', 'target_large'):
+    assert b0[k].min() >= lo - 1e-4 and b0[k].max() <= hi + 1e-4
+  labels = _raw_idx('train-labels-idx1-ubyte.gz')
+  np.testing.assert_array_equal(b0['label'], labels[b0['index']])
+  # Same seed: same batch. Different seed: different crops.
+  again = _host_batches(cfg, 0, (0, 16), 1)[0]
+  for k in b0:
+    np.testing.assert_array_equal(b0[k], again[k])
+  other = _host_batches(_config(data_dir, train_slice=None), 0, (0, 16), 1)[0]
+  np.testing.assert_array_equal(other['online_large'], b0['online_large'])
+  cfg_seed = _config(data_dir)
+  cfg_seed.seed = 4
+  assert not np.array_equal(_host_batches(cfg_seed, 0, (0, 16), 1)[0]['index'], b0['index'])
+  # Different crops of the same example, and of different examples.
+  v = b0['online_large']
+  assert not np.array_equal(v[0, 0], v[0, 1])
+  assert not np.array_equal(v[0, 0], v[1, 0])
+  assert not np.array_equal(b0['online_small'][0, 0], b0['online_small'][0, 1])
+
+
+def test_processes_cover_epoch_once_and_concatenate_to_global(data_dir):
+  cfg = _config(data_dir)
+  whole = _host_batches(cfg, 0, (0, 16), 5)
+  p0 = _host_batches(cfg, 0, (0, 8), 5)
+  p1 = _host_batches(cfg, 0, (8, 16), 5)
+  for w, a, b in zip(whole, p0, p1):
+    for k in w:
+      np.testing.assert_array_equal(np.concatenate([a[k], b[k]]), w[k])
+  epoch0 = np.concatenate([np.concatenate([a['index'], b['index']]) for a, b in
+                           zip(p0[:4], p1[:4])])
+  np.testing.assert_array_equal(np.sort(epoch0), np.arange(N))  # 4 steps/epoch, no repeats.
+  # Epoch 1 is shuffled differently.
+  assert not np.array_equal(np.concatenate([p0[4]['index'], p1[4]['index']]), epoch0[:16])
+
+
+def test_resume_at_step_equals_uninterrupted(data_dir):
+  cfg = _config(data_dir)
+  full = _host_batches(cfg, 0, (0, 16), 6)
+  resumed = _host_batches(cfg, 3, (0, 16), 3)  # Crosses the epoch boundary at step 4.
+  for a, b in zip(full[3:], resumed):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_online_target_swap_every_step(data_dir):
+  # Make pipelines distinguishable: B solarizes always, nothing else random but the crop.
+  plain = dict(jitter_prob=0.0, grayscale_prob=0.0, blur_prob=[0.0, 0.0], flip_prob=0.0,
+               num_small_crops=0, num_large_crops=1)
+  a = _host_batches(_config(data_dir, solarize_prob=[0.0, 0.0], **plain), 0, (0, 16), 2)
+  b = _host_batches(_config(data_dir, solarize_prob=[0.0, 1.0], **plain), 0, (0, 16), 2)
+  mean, std = 0.2860, 0.3530
+
+  def solarized(x):
+    pixels = x * std + mean
+    return (np.where(pixels >= 0.5, 1 - pixels, pixels) - mean) / std
+
+  # Step 0: online = A (plain), target = B. Step 1: online = B, target = A.
+  np.testing.assert_allclose(b[0]['online_large'], a[0]['online_large'], atol=1e-5)
+  np.testing.assert_allclose(b[0]['target_large'], solarized(a[0]['target_large']), atol=1e-4)
+  np.testing.assert_allclose(b[1]['online_large'], solarized(a[1]['online_large']), atol=1e-4)
+  np.testing.assert_allclose(b[1]['target_large'], a[1]['target_large'], atol=1e-5)
+  assert b[0]['online_small'].shape == (16, 0, 14, 14, 1)
+
+
+def test_global_iterator_sharded_and_equal_to_host(data_dir):
+  cfg = _config(data_dir)
+  cfg.batch_size = 8 * max(1, 16 // jax.device_count())
+  mesh = _mesh()
+  it = data.make_train_iterator(cfg, mesh, start_step=2)
+  batch = next(it)
+  host = _host_batches(cfg, 2, (0, cfg.batch_size), 1)[0]
+  for k, v in batch.items():
+    assert v.sharding.spec == jax.sharding.PartitionSpec('data')
+    np.testing.assert_array_equal(np.asarray(v), host[k])
+
+
+def test_eval_test_mode_is_identity_and_counts_each_example_once(data_dir):
+  cfg = _config(data_dir)
+  s = settings_lib.resolve(cfg)
+  raw = _raw_idx('t10k-images-idx3-ubyte.gz').reshape(N, 28, 28, 1)
+  batch, seen = 24, []  # 64 = 24 + 24 + 16: the last batch has 8 padding rows.
+  for rows in [(0, 12), (12, 24)]:
+    s2 = settings_lib.dataclasses.replace(s, eval_batch_size=batch)
+    batches = list(pipeline.build_eval_dataset(s2, 'test', 'test', *rows).as_numpy_iterator())
+    assert len(batches) == 3
+    for b in batches:
+      assert b['image'].shape == (12, 28, 28, 1) and b['mask'].dtype == np.bool_
+      real = b['index'][b['mask']]
+      assert np.all(b['index'][~b['mask']] == N)
+      pixels = b['image'][b['mask']] * 0.3530 + 0.2860
+      np.testing.assert_allclose(pixels * 255, raw[real], atol=2e-3)
+      seen.extend(real.tolist())
+  np.testing.assert_array_equal(np.sort(seen), np.arange(N))
+
+
+def test_eval_iterators_global(data_dir):
+  cfg = _config(data_dir)
+  cfg.data.eval_batch_size = 24 if jax.device_count() in (1, 2, 3, 4, 6, 8) else 48
+  mesh = _mesh()
+  for mode in ('test', 'linear_train'):
+    batches = list(data.make_eval_iterator(cfg, mesh, 'test', mode))
+    idx = np.concatenate([np.asarray(b['index'])[np.asarray(b['mask'])] for b in batches])
+    np.testing.assert_array_equal(np.sort(idx), np.arange(N))
+    assert batches[0]['image'].shape == (cfg.data.eval_batch_size, 28, 28, 1)
+  e0 = next(data.make_eval_iterator(cfg, mesh, 'test', 'linear_train', epoch=0))
+  e1 = next(data.make_eval_iterator(cfg, mesh, 'test', 'linear_train', epoch=1))
+  assert not np.array_equal(np.asarray(e0['index']), np.asarray(e1['index']))
+
+
+def test_bank_fill_in_index_order_with_padding(data_dir):
+  cfg = _config(data_dir, train_slice=40)
+  batches = list(data.make_bank_fill_iterator(cfg, _mesh()))
+  assert len(batches) == 3  # ceil(40 / 16)
+  idx = np.concatenate([np.asarray(b['index']) for b in batches])
+  mask = np.concatenate([np.asarray(b['mask']) for b in batches])
+  np.testing.assert_array_equal(idx[:40], np.arange(40))
+  assert mask[:40].all() and not mask[40:].any() and np.all(idx[40:] == 40)
+  assert batches[0]['large'].shape == (16, 2, 28, 28, 1)
+
+
+def test_imagenet_jpeg_path_with_tfds_mock_data(tmp_path):
+  cfg = ml_collections.ConfigDict(dict(
+      batch_size=4, seed=0,
+      data=dict(dataset='imagenet2012', data_dir=str(tmp_path), image_size=32,
+                small_image_size=16, num_small_crops=2, random_access=True)))
+  with tfds.testing.mock_data(num_examples=10):
+    assert data.num_train_examples(cfg) == 10
+    s = settings_lib.resolve(cfg)
+    b0 = next(pipeline.build_train_dataset(s, 0, 0, 4).as_numpy_iterator())
+    assert b0['online_large'].shape == (4, 2, 32, 32, 3)
+    assert b0['online_small'].shape == (4, 2, 16, 16, 3)
+    assert np.isfinite(b0['target_large']).all()
+    ev = list(pipeline.build_eval_dataset(s, 'validation', 'test', 0, 4).as_numpy_iterator())
+    assert sum(int(b['mask'].sum()) for b in ev) == 10
+    assert ev[0]['image'].shape == (4, 32, 32, 3)
+
+
+# ------------------------------------------------------------------------------------------
+# Streaming fallback (TFRecord-only copies): tfds mock whose as_dataset iterates like TFRecord
+# files, honouring absolute slices; example i is a JPEG with label i.
+
+N_STREAM = 23
+
+
+def _stream_mock():
+  import re
+  import tensorflow as tf
+  jpegs = [tf.io.encode_jpeg(np.full((30 + i % 7, 40 - i % 5, 3), 10 * (i % 20), np.uint8)).numpy()
+           for i in range(N_STREAM)]
+
+  def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False, **kw):
+    del self, decoders, read_config, kw
+    assert not shuffle_files
+    m = re.fullmatch(r'(\w+)(?:\[(\d*):(\d*)\])?', split)
+    lo, hi = int(m.group(2) or 0), int(m.group(3) or N_STREAM)
+    return tf.data.Dataset.from_tensor_slices(
+        {'image': jpegs[lo:hi], 'label': np.arange(lo, hi, dtype=np.int64)})
+
+  return tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, as_dataset_fn=as_dataset)
+
+
+def _stream_config(tmp_path, batch_size=4, random_access='auto'):
+  return ml_collections.ConfigDict(dict(
+      batch_size=batch_size, seed=1,
+      data=dict(dataset='imagenet2012', data_dir=str(tmp_path), image_size=24,
+                small_image_size=12, num_small_crops=2, random_access=random_access,
+                shuffle_buffer=8, eval_batch_size=4)))
+
+
+def test_streaming_is_chosen_without_array_record(tmp_path):
+  with _stream_mock():
+    s = settings_lib.resolve(_stream_config(tmp_path))
+    assert not sources.use_random_access(s, 'train')  # 'auto', no array_record files.
+    assert sources.use_random_access(settings_lib.resolve(_stream_config(tmp_path, 4, True)),
+                                     'train')
+    assert data.num_train_examples(_stream_config(tmp_path)) == N_STREAM
+
+
+def test_streaming_processes_disjoint_and_cover_split(tmp_path):
+  with _stream_mock():
+    cfg = _stream_config(tmp_path, random_access=False)
+    s = settings_lib.resolve(cfg)
+    spe = data.steps_per_epoch(cfg)
+    assert spe == N_STREAM // 4
+    parts = []
+    for rows in [(0, 2), (2, 4)]:
+      it = pipeline.build_train_dataset(s, 0, *rows).as_numpy_iterator()
+      batches = [next(it) for _ in range(spe + 1)]
+      for b in batches:
+        np.testing.assert_array_equal(b['label'], b['index'])  # Index = position in split.
+        assert b['online_large'].shape == (2, 2, 24, 24, 3)
+        assert b['online_small'].shape == (2, 2, 12, 12, 3)
+        assert np.isfinite(b['target_large']).all()
+      epoch0 = np.concatenate([b['index'] for b in batches[:spe]])
+      assert len(set(epoch0.tolist())) == len(epoch0)  # No repeats within an epoch.
+      parts.append(epoch0)
+    # Process 0 reads [0, 11), process 1 [11, 23): disjoint contiguous parts of the split.
+    assert set(parts[0]) <= set(range(0, 11)) and set(parts[1]) <= set(range(11, 23))
+    # Evaluation streams cover the split exactly once over both processes.
+    seen = []
+    for rows in [(0, 2), (2, 4)]:
+      for b in pipeline.build_eval_dataset(s, 'validation', 'test', *rows).as_numpy_iterator():
+        seen.extend(b['index'][b['mask']].tolist())
+        np.testing.assert_array_equal(b['label'][b['mask']], b['index'][b['mask']])
+        assert np.all(b['index'][~b['mask']] == N_STREAM)
+    np.testing.assert_array_equal(np.sort(seen), np.arange(N_STREAM))
+    bank = list(pipeline.build_bank_fill_dataset(s, 0, 2).as_numpy_iterator())
+    idx = np.concatenate([b['index'][b['mask']] for b in bank])
+    np.testing.assert_array_equal(idx, np.arange(11))
+
+
+def test_streaming_resume_equals_uninterrupted(tmp_path):
+  with _stream_mock():
+    s = settings_lib.resolve(_stream_config(tmp_path, random_access=False))
+    it = pipeline.build_train_dataset(s, 0, 2, 4).as_numpy_iterator()
+    full = [next(it) for _ in range(8)]
+    it = pipeline.build_train_dataset(s, 3, 2, 4).as_numpy_iterator()
+    resumed = [next(it) for _ in range(5)]  # Crosses the epoch boundary at step 5.
+    for a, b in zip(full[3:], resumed):
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(full[0]['index'], full[5]['index'])  # Reshuffled per epoch.

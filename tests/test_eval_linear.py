@@ -1,0 +1,48 @@
+"""The linear probe on frozen features."""
+
+import jax
+import numpy as np
+
+from smog_jax import sharding
+from smog_jax.evaluation import linear
+
+
+def _blobs(rng, n, centres):
+  labels = rng.integers(0, len(centres), n)
+  x = centres[labels] + 0.5 * rng.normal(size=(n, centres.shape[1]))
+  return (x * 3.0 + 5.0).astype(np.float32), labels  # Off-centre, scaled.
+
+
+def test_fits_linearly_separable_data():
+  rng = np.random.default_rng(0)
+  centres = 3.0 * rng.normal(size=(4, 16))
+  train_x, train_y = _blobs(rng, 300, centres)  # 300 % 64 != 0: padding.
+  test_x, test_y = _blobs(rng, 200, centres)
+  mesh = sharding.make_mesh()
+  logged = []
+  cfg = linear.LinearConfig(epochs=8, batch_size=64, learning_rate=0.3,
+                            weight_decay=1e-6, seed=1)
+  state = linear.fit_linear(train_x, train_y, 4, cfg, mesh,
+                            log_fn=logged.append)
+  result = linear.evaluate_probe(state, test_x, test_y, mesh, batch_size=48)
+  assert result['top1'] > 0.97
+  assert result['top5'] == 1.0  # 4 classes: top-5 is every class.
+  assert result['num_examples'] == 200
+  assert [r['epoch'] for r in logged] == list(range(1, 9))
+  assert logged[-1]['loss'] < logged[0]['loss']
+  assert int(state.step) == 8 * 5
+
+
+def test_masked_rows_do_not_count():
+  rng = np.random.default_rng(0)
+  state = linear.init_probe(
+      jax.random.key(0), 3,
+      np.zeros(5, np.float32), np.ones(5, np.float32),
+      linear.make_probe_optimizer(0.1, 10))
+  x = rng.normal(size=(4, 5)).astype(np.float32)
+  y = np.array([0, 1, 2, 0])
+  full, _ = linear.probe_loss_and_metrics(state.params, state, x[:2], y[:2],
+                                          np.ones(2, bool))
+  masked, _ = linear.probe_loss_and_metrics(
+      state.params, state, x, y, np.array([True, True, False, False]))
+  np.testing.assert_allclose(full, masked, rtol=1e-6)
