@@ -37,11 +37,11 @@ _VARIANTS = ('imagenet2012', 'cifar10', 'cifar100', 'fashion_mnist',
              'fashion_mnist_tiny')
 
 
-def _model(backbone: str, stem: str, width: float = 1.0
+def _model(backbone: str, stem: str, width: float = 1.0, **kwargs
            ) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       backbone=backbone, width=width, stem=stem, dtype='float32',
-      bn_momentum=0.9))
+      bn_momentum=0.9, **kwargs))
 
 
 def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:
@@ -74,7 +74,9 @@ def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:
     c.model = _model('resnet18', 'cifar')
   elif variant == 'fashion_mnist':
     # 60k small grey images: the head converges well before 100 epochs.
-    c.model = _model('resnet18', 'cifar')
+    # 'random' baseline = the architecture of configs/fashion_mnist.py.
+    c.model = _model('resnet', 'cifar', width=0.25, stage_sizes=(1, 1, 1),
+                     block='basic')
     c.linear.epochs = 30
   else:  # fashion_mnist_tiny: a seconds-on-CPU smoke test.
     c.mode = 'fast'

@@ -108,22 +108,35 @@ def make_plan(config: ml_collections.ConfigDict) -> Plan:
 
 
 class _Preemption:
-  """SIGTERM sets a flag; the loop saves and stops after the current step."""
+  """Whether to checkpoint and stop after the current step.
 
-  def __init__(self):
+  Single process: SIGTERM sets a flag. Several processes must agree on the
+  step, so there JAX's own preemption sync (`manager.reached_preemption`,
+  fed by the distributed runtime's SIGTERM notifier) decides alone.
+  """
+
+  def __init__(self, manager):
     self.requested = False
+    self._manager = manager
     self._previous = None
+    self._single = jax.process_count() == 1
 
   def __enter__(self):
-    def handler(signum, frame):
-      del frame
-      logging.warning('Signal %d: checkpointing after this step.', signum)
-      self.requested = True
-    self._previous = signal.signal(signal.SIGTERM, handler)
+    if self._single:
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
     return self
 
+  def _handler(self, signum, frame):
+    del frame
+    logging.warning('Signal %d: checkpointing after this step.', signum)
+    self.requested = True
+
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._single:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def reached(self, step: int) -> bool:
+    return self.requested or self._manager.reached_preemption(step)
 
 
 def _knn_due(config, epoch_done: int, plan: Plan, step: int) -> bool:
@@ -209,12 +222,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   writer = make_writer(workdir)
   if start == 0:
     writer.write_hparams(_flat(config.to_dict()))
+  # Steps/s and ETA go to the log; metrics.jsonl keeps one record per step.
   report = periodic_actions.ReportProgress(num_train_steps=plan.total_steps,
-                                           writer=writer, every_secs=60)
+                                           every_secs=60)
   batches = data_lib.make_train_iterator(config, mesh, start_step=start)
 
   last_log_time, last_log_step = time.time(), start
-  with _Preemption() as preemption:
+  with _Preemption(manager) as preemption:
     for step in range(start, plan.total_steps):
       epoch = step // plan.steps_per_epoch
       if step % plan.steps_per_epoch == 0:
@@ -223,21 +237,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       done = step + 1
       report(done)
 
-      if done % config.log_every_steps == 0 or done == plan.total_steps:
+      knn_due = _knn_due(config, done // plan.steps_per_epoch, plan, done)
+      if (knn_due or done % config.log_every_steps == 0 or
+          done == plan.total_steps):
         scalars = jax.device_get(metrics)
         now = time.time()
         scalars['images_per_sec'] = (config.batch_size * (done - last_log_step)
                                      / max(now - last_log_time, 1e-9))
         scalars['epoch'] = done / plan.steps_per_epoch
+        if knn_due:
+          scalars['knn_top1'] = knn_monitor(config, state, mesh)
         writer.write_scalars(done, scalars)
-        last_log_time, last_log_step = now, done
+        # Evaluation time does not count towards images_per_sec.
+        last_log_time, last_log_step = time.time(), done
 
-      if _knn_due(config, done // plan.steps_per_epoch, plan, done):
-        top1 = knn_monitor(config, state, mesh)
-        writer.write_scalars(done, {'knn_top1': top1})
-        last_log_time = time.time()  # Evaluation is not training time.
-
-      preempted = preemption.requested or manager.reached_preemption(done)
+      preempted = preemption.reached(done)
       if (done % config.checkpoint_every_steps == 0 or
           done == plan.total_steps or preempted):
         checkpointing.save(manager, state, config, force=preempted)

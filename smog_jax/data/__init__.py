@@ -25,8 +25,11 @@ fashion_mnist_idx_dir      folder of the Fashion-MNIST IDX files used  /usr/shar
 download                   let tfds download when not prepared         True
 train_split                training split                              'train'
 train_slice                use only the first N training examples      None (all)
-random_access              imagenet2012: read by index through         True
-                           tfds.data_source (array_record needed)
+random_access              imagenet2012: True = read by index through  'auto'
+                           tfds.data_source (array_record needed);
+                           False = stream each process's part of the
+                           split (TFRecord copies); 'auto' = True iff
+                           the prepared copy has array_record files
 channels                   C of the output images: 1 or 3 (grey        1 fashion_mnist, else 3
                            sources are replicated to 3; RGB sources
                            converted to grey for 1)
@@ -53,7 +56,7 @@ eval_split                 default evaluation split                    'test' / 
 eval_crop_fraction         centre-crop side / short side in 'test'     1.0 small, 224/256 IN
 eval_batch_size            global eval batch                           config.batch_size
 prefetch                   global batches kept in flight to devices    2
-shuffle_buffer             (reserved for streaming sources)            10000
+shuffle_buffer             shuffle buffer of streaming mode (examples) 10000
 ========================== =========================================== ========================
 
 Also read: ``config.batch_size`` (global B; must divide by the number of devices) and

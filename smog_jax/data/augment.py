@@ -374,14 +374,30 @@ def crop_resize_many(image: tf.Tensor, windows: tf.Tensor, flip: tf.Tensor,
                      size: int) -> tf.Tensor:
   """Crops ``windows`` of one ``[H, W, C]`` uint8 image, resized (bilinear) to ``size``.
 
-  One ``crop_and_resize`` for all windows; the image is decoded / padded once. Returns uint8
-  ``[n, size, size, C]`` (rounded, as PIL's uint8 resize output).
+  The image is decoded once and shared. With a static number of windows each window is sliced
+  and resized with ``tf.image.resize(antialias=False)`` (half-pixel centres; sample points past
+  the window's edge clamp to it, as torchvision's crop-then-resize), then mirrored if ``flip``:
+  about 3x faster on CPU than one ``crop_and_resize`` for all windows (whose per-pixel kernel
+  is not vectorised). Otherwise one ``crop_and_resize`` on the edge-padded image
+  (:func:`resize_boxes`). Returns uint8 ``[n, size, size, C]`` (rounded, as PIL's uint8 resize
+  output).
   """
-  shape = tf.shape(image)
-  padded = tf.pad(image, [[1, 1], [1, 1], [0, 0]], mode='SYMMETRIC')
-  boxes = resize_boxes(windows, shape[0], shape[1], size, flip)
-  out = tf.image.crop_and_resize(padded[None], boxes, tf.zeros([tf.shape(boxes)[0]], tf.int32),
-                                 [size, size], method='bilinear')
+  n = windows.shape[0]
+  if n is not None:
+    outs = []
+    for i in range(n):
+      w = windows[i]
+      r = tf.image.resize(tf.slice(image, tf.stack([w[0], w[1], 0]), tf.stack([w[2], w[3], -1])),
+                          (size, size), method='bilinear', antialias=False)
+      outs.append(tf.cond(flip[i], lambda r=r: tf.reverse(r, [1]), lambda r=r: r))
+    out = tf.stack(outs) if outs else tf.zeros([0, size, size, image.shape[-1]], tf.float32)
+  else:
+    shape = tf.shape(image)
+    padded = tf.pad(image, [[1, 1], [1, 1], [0, 0]], mode='SYMMETRIC')
+    boxes = resize_boxes(windows, shape[0], shape[1], size, flip)
+    out = tf.image.crop_and_resize(padded[None], boxes,
+                                   tf.zeros([tf.shape(boxes)[0]], tf.int32), [size, size],
+                                   method='bilinear')
   return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
 
 
@@ -399,10 +415,13 @@ def grey_level(images: tf.Tensor) -> tf.Tensor:
 
 
 def adjust_hue_batch(images: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
-  """Per-image hue rotation of ``[N, H, W, 3]`` by ``delta`` ``[N]`` turns (HSV)."""
-  hsv = tf.image.rgb_to_hsv(images)
-  hue = tf.math.floormod(hsv[..., :1] + delta[:, None, None, None], 1.0)
-  return tf.clip_by_value(tf.image.hsv_to_rgb(tf.concat([hue, hsv[..., 1:]], -1)), 0.0, 1.0)
+  """Per-image hue rotation of ``[N, H, W, 3]`` by ``delta`` ``[N]`` turns (HSV).
+
+  One fused ``AdjustHue`` per image (``tf.map_fn``): about 2x faster than rgb_to_hsv +
+  hsv_to_rgb on the whole batch, and per-image shapes keep results batch-invariant.
+  """
+  return tf.map_fn(lambda a: adjust_hue(a[0], a[1]), (images, delta),
+                   fn_output_signature=tf.TensorSpec(images.shape[1:], tf.float32))
 
 
 def _on_subset(images: tf.Tensor, mask: tf.Tensor, fn, *args) -> tf.Tensor:
@@ -410,6 +429,31 @@ def _on_subset(images: tf.Tensor, mask: tf.Tensor, fn, *args) -> tf.Tensor:
   idx = tf.where(mask)
   sub = fn(tf.gather_nd(images, idx), *(tf.gather_nd(a, idx) for a in args))
   return tf.tensor_scatter_nd_update(images, idx, sub)
+
+
+def _blur_one(img: tf.Tensor, sig: tf.Tensor, kernel_size: int) -> tf.Tensor:
+  """Gaussian blur of one ``[H, W, C]`` crop (static shape) as two banded matmuls.
+
+  The vertical pass is one 2-D matmul ``[H, H+2r] x [H+2r, (W+2r) C]`` on the padded image in
+  its HWC layout (no transpose), the horizontal pass an einsum with the ``[W, W+2r]`` band
+  (about 1.5x faster than transposing to CHW for both passes). The kernel is built per crop (a
+  batched row sum would round differently with the batch).
+  """
+  radius = kernel_size // 2
+  height, width, channels = img.shape
+  offs = tf.range(-radius, radius + 1, dtype=tf.float32)
+  kern = tf.exp(-0.5 * tf.square(offs / sig))
+  kern = tf.concat([kern / tf.reduce_sum(kern), [0.0]], 0)  # Index `kernel_size` is a zero.
+
+  def band(n):  # [n, n + 2r]: row i holds the kernel at columns i .. i + 2r.
+    d = tf.range(n + 2 * radius)[None, :] - tf.range(n)[:, None]
+    return tf.gather(kern, tf.where((d >= 0) & (d < kernel_size), d, kernel_size))
+
+  x = tf.pad(img, [[radius, radius], [radius, radius], [0, 0]], mode='REFLECT')
+  x = tf.matmul(band(height), tf.reshape(x, [height + 2 * radius,
+                                             (width + 2 * radius) * channels]))
+  x = tf.reshape(x, [height, width + 2 * radius, channels])
+  return tf.einsum('hpc,wp->hwc', x, band(width))
 
 
 def gaussian_blur_batch(images: tf.Tensor, sigma: tf.Tensor, kernel_size: int) -> tf.Tensor:
@@ -422,15 +466,17 @@ def gaussian_blur_batch(images: tf.Tensor, sigma: tf.Tensor, kernel_size: int) -
   """
   if kernel_size <= 1:
     return images
-  radius = kernel_size // 2
   _, height, width, channels = images.shape
+
+  radius = kernel_size // 2
+
   def band_index(n):  # [n, n + 2r]: row i holds the kernel at columns i .. i + 2r.
     d = tf.range(n + 2 * radius)[None, :] - tf.range(n)[:, None]
     return tf.where((d >= 0) & (d < kernel_size), d, kernel_size)
 
   idx_w, idx_h = band_index(width), band_index(height)
 
-  def one(args):
+  def one(args):  # CHW layout, two 2-D matmuls: faster than _blur_one's einsum on tiny crops.
     img, sig = args  # [H, W, C], scalar
     # The kernel is built per crop too: a batched row sum rounds differently with the batch.
     offs = tf.range(-radius, radius + 1, dtype=tf.float32)
@@ -514,6 +560,70 @@ def augment_views(images: tf.Tensor, u: tf.Tensor, pipeline: tf.Tensor,
     x = _on_subset(x, blur, lambda y, sg: gaussian_blur_batch(y, sg, ksize), sigma)
   sol = (u[:, U_SOLARIZE] < pp('solarize_prob'))[:, None, None, None]
   return tf.where(sol & (x >= 0.5), 1.0 - x, x)
+
+
+def augment_views_per_crop(images: tf.Tensor, u: tf.Tensor, pipeline: tf.Tensor,
+                           params: Sequence[ViewParams]) -> tf.Tensor:
+  """:func:`augment_views` with per-crop control flow, for a few large crops (one example's).
+
+  Same operations, probabilities, order rule and random numbers as :func:`augment_views`, but
+  each crop (the batch size must be static) runs only the ops it applies: the jitter under a
+  ``tf.cond`` on its own draw, its four ops in the crop's own order through ``tf.switch_case``,
+  and grayscale / blur / solarize each under a ``tf.cond``. At 224 px this avoids computing
+  every jitter op in every slot for every crop (the slot-by-slot vectorisation) and the
+  blends with a not-applied branch. Every op sees one crop, so results are batch-invariant.
+
+  Args, returns: as :func:`augment_views`.
+  """
+  n = images.shape[0]
+  if n is None:
+    raise ValueError('augment_views_per_crop needs a static number of crops.')
+  if n == 0:
+    return images
+  channels = int(images.shape[-1])
+  size = int(images.shape[1])
+  ksize = gaussian_kernel_size(size)
+  n_ops = 4 if channels == 3 else 2  # Saturation and hue are undefined without colour.
+  pp = lambda name: _per_pipeline([getattr(p, name) for p in params], pipeline)
+  jitter_p, grey_p, blur_p, sol_p = (pp(k) for k in (
+      'jitter_prob', 'grayscale_prob', 'blur_prob', 'solarize_prob'))
+  f = 2.0 * u[:, U_FACTORS] - 1.0
+  b = 1.0 + pp('brightness') * f[:, 0]
+  c = 1.0 + pp('contrast') * f[:, 1]
+  s = 1.0 + pp('saturation') * f[:, 2]
+  h = pp('hue') * f[:, 3]
+  order = tf.argsort(u[:, U_ORDER][:, :n_ops], axis=-1)  # order[:, i]: op of slot i.
+  lo, hi = (_per_pipeline(v, pipeline) for v in zip(*[p.blur_sigma for p in params]))
+  sigma = lo + (hi - lo) * u[:, U_SIGMA]
+
+  outs = []
+  for i in range(n):
+    x = images[i]
+    bi, ci, si, hi_ = b[i], c[i], s[i], h[i]
+
+    def jitter(x, i=i, bi=bi, ci=ci, si=si, hi_=hi_):
+      branches = [
+          lambda y: tf.clip_by_value(bi * y, 0.0, 1.0),
+          lambda y: tf.clip_by_value(
+              ci * y + (1.0 - ci) * tf.reduce_mean(grey_level(y)), 0.0, 1.0),
+          lambda y: tf.clip_by_value(si * y + (1.0 - si) * grey_level(y), 0.0, 1.0),
+          lambda y: adjust_hue(y, hi_),
+      ][:n_ops]
+      for slot in range(n_ops):
+        x = tf.switch_case(order[i, slot], [lambda fn=fn, y=x: fn(y) for fn in branches])
+      return x
+
+    x = tf.cond(u[i, U_JITTER] < jitter_p[i], lambda x=x, j=jitter: j(x), lambda x=x: x)
+    if channels == 3:
+      x = tf.cond(u[i, U_GREY] < grey_p[i],
+                  lambda x=x: tf.tile(grey_level(x), [1, 1, 3]), lambda x=x: x)
+    if ksize > 1:
+      x = tf.cond(u[i, U_BLUR] < blur_p[i],
+                  lambda x=x, sg=sigma[i]: _blur_one(x, sg, ksize), lambda x=x: x)
+    x = tf.cond(u[i, U_SOLARIZE] < sol_p[i],
+                lambda x=x: tf.where(x >= 0.5, 1.0 - x, x), lambda x=x: x)
+    outs.append(x)
+  return tf.stack(outs)
 
 
 def to_channels_batch(images: tf.Tensor, channels: int) -> tf.Tensor:

@@ -227,6 +227,17 @@ def crop_views(settings: DataSettings, pixels, u, pipeline, size: int, scale):
   return crops
 
 
+# Crops at least this large get their colour ops per example (on the example's crops together)
+# rather than on the whole batch: with 224 px crops a batch of crops is tens of MB per
+# intermediate, so batch-level elementwise ops are memory-bound and slower; small crops gain
+# from amortising TF's per-op cost over the batch.
+PER_EXAMPLE_COLOUR_MIN_SIZE = 64
+
+
+def colour_per_example(settings: DataSettings) -> bool:
+  return settings.image_size >= PER_EXAMPLE_COLOUR_MIN_SIZE
+
+
 def finish_views(settings: DataSettings, crops, u, pipeline):
   """Batch-level pixel ops of ``[rows, n, S, S, C_src]`` uint8 crops -> normalised f32."""
   tf = _tf()
@@ -236,8 +247,13 @@ def finish_views(settings: DataSettings, crops, u, pipeline):
     return tf.zeros([rows, 0, size, size, C], tf.float32)
   x = tf.reshape(crops, [-1, size, size, crops.shape[-1]])
   x = augment.to_channels_batch(tf.cast(x, tf.float32) * (1.0 / 255.0), C)
-  x = augment.augment_views(x, tf.reshape(u, [-1, augment.NUM_UNIFORMS]),
-                            tf.reshape(pipeline, [-1]), settings.pipelines)
+  uu, pp = tf.reshape(u, [-1, augment.NUM_UNIFORMS]), tf.reshape(pipeline, [-1])
+  if colour_per_example(settings) and crops.shape[0] is not None:
+    # One example's large crops: per-crop control flow, only the applied ops are computed.
+    x = tf.ensure_shape(x, [crops.shape[0] * n, size, size, C])
+    x = augment.augment_views_per_crop(x, uu, pp, settings.pipelines)
+  else:
+    x = augment.augment_views(x, uu, pp, settings.pipelines)
   x = augment.normalize(x, settings.mean, settings.std)
   return tf.reshape(x, [rows, n, size, size, C])
 
@@ -291,6 +307,7 @@ def _train_example_fn(settings: DataSettings, reader):
   tf = _tf()
   n_large, n_small = settings.num_large_crops, settings.num_small_crops
   S, s = settings.image_size, settings.small_image_size
+  per_example = colour_per_example(settings)
 
   def example(step, epoch, index, image, label):
     key = example_seed(settings.seed, STREAM_TRAIN, epoch, index)
@@ -302,7 +319,7 @@ def _train_example_fn(settings: DataSettings, reader):
     p_large = tf.concat([tf.fill([n_large], online), tf.fill([n_large], target)], 0)
     u_small, p_small = u_on[n_large:], tf.fill([n_small], online)
     pixels = _decode(reader, image)
-    return {
+    out = {
         'large': crop_views(settings, pixels, u_large, p_large, S, settings.large_scale),
         'large_u': u_large, 'large_p': p_large,
         'small': crop_views(settings, pixels, u_small, p_small, s, settings.small_scale),
@@ -310,12 +327,21 @@ def _train_example_fn(settings: DataSettings, reader):
         'index': tf.cast(index, tf.int32),
         'label': tf.cast(label, tf.int32),
     }
+    if per_example:
+      for name in ('large', 'small'):
+        out[name] = finish_views(settings, out[name][None], out[name + '_u'][None],
+                                 out[name + '_p'][None])[0]
+    return out
 
   def finish(b):
-    large = finish_views(settings, b['large'], b['large_u'], b['large_p'])
+    if per_example:
+      large, small = b['large'], b['small']
+    else:
+      large = finish_views(settings, b['large'], b['large_u'], b['large_p'])
+      small = finish_views(settings, b['small'], b['small_u'], b['small_p'])
     return {
         'online_large': large[:, :n_large],
-        'online_small': finish_views(settings, b['small'], b['small_u'], b['small_p']),
+        'online_small': small,
         'target_large': large[:, n_large:],
         'index': b['index'],
         'label': b['label'],
@@ -470,11 +496,15 @@ def build_bank_fill_dataset(settings: DataSettings, row_start: int, row_stop: in
     u = view_uniforms(key, n)[0]
     p = tf.zeros([n], tf.int32)
     pixels = _decode(reader, image)
-    return {'large': crop_views(settings, pixels, u, p, S, settings.large_scale), 'u': u, 'p': p}
+    crops = crop_views(settings, pixels, u, p, S, settings.large_scale)
+    if colour_per_example(settings):
+      return {'large': finish_views(settings, crops[None], u[None], p[None])[0]}
+    return {'large': crops, 'u': u, 'p': p}
 
   def finish(b):
     out = dict(b)
-    out['large'] = finish_views(settings, out.pop('large'), out.pop('u'), out.pop('p'))
+    if 'u' in out:
+      out['large'] = finish_views(settings, out.pop('large'), out.pop('u'), out.pop('p'))
     return out
 
   order = None if isinstance(reader, _StreamReader) else np.arange(reader.num_examples)

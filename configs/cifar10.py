@@ -1,0 +1,55 @@
+"""SMoG on CIFAR-10: ResNet-18 (CIFAR stem), 2 x 32 px + 4 x 16 px crops.
+
+  python -m smog_jax.main --config configs/cifar10.py --workdir runs/cifar10
+
+A single-accelerator recipe in the reference's structure, scaled down: global
+batch 512, LARS with lr 4.8 x 512 / 4096 = 0.6 peak, 800 epochs, 3 x 300
+groups. Not yet measured by this project: no expected top-1 is claimed.
+Variant `:short` (100 epochs) for quick comparisons.
+"""
+
+import ml_collections
+
+from smog_jax.data import default_data_config
+
+
+def get_config(variant: str = '') -> ml_collections.ConfigDict:
+  """The CIFAR-10 config; `variant` in {'', 'short'}."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 512
+  config.num_epochs = 800
+  config.total_steps = -1
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.knn_every_epochs = 20
+  config.knn_k = 20
+  config.knn_temperature = 0.07
+
+  config.data = default_data_config('cifar10')
+
+  config.model = ml_collections.ConfigDict(dict(
+      backbone='resnet18', width=1.0, stem='cifar', stage_sizes=(),
+      block='basic', projector_hidden_dim=2048, predictor_hidden_dim=2048,
+      projection_dim=128, head_activation='relu', dtype='float32',
+      bn_momentum=0.9))
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name='lars', start_lr=0.01 * 512 / 4096, peak_lr=4.8 * 512 / 4096,
+      end_lr=0.0048 * 512 / 4096, warmup_epochs=10, weight_decay=1e-6,
+      momentum=0.9, trust_coefficient=0.001, exclude_1d_from_decay=False,
+      grad_clip_norm=0.0))
+
+  config.smog = ml_collections.ConfigDict(dict(
+      num_heads=3, num_groups=300, temperature=0.1,
+      group_momentum_start=1.0, group_momentum_end=0.99,
+      ema_momentum=0.999, ema_schedule='constant',
+      kmeans_iters=10, centroid_gradient=False))
+
+  if variant == 'short':
+    config.num_epochs = 100
+  elif variant:
+    raise ValueError(f"Unknown variant {variant!r} of cifar10.py; use '' or "
+                     "'short'.")
+  return config

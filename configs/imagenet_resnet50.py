@@ -1,0 +1,58 @@
+"""SMoG on ImageNet-1k with ResNet-50: the reference recipe (spec table).
+
+  python -m smog_jax.main --config configs/imagenet_resnet50.py \
+      --workdir gs://BUCKET/smog_r50 --config.data.data_dir=gs://BUCKET/tfds
+
+400 epochs, global batch 4096, 2 x 224 px + 4 x 96 px crops per pipeline,
+3 heads x 3000 groups of dimension 128, tau 0.1, SGD momentum 0.9 in LARS
+(trust 0.001, no clipping), lr warm-up 10 epochs 0.01 -> 4.8 then cosine to
+0.0048, weight decay 1e-6, target EMA 0.999, group momentum 1.0 -> 0.99.
+Expected linear top-1 (the paper, reference code): 76.6 % (ResNet-50),
+78.3 % (variant `:w2`, ResNet-50w2). Not yet reproduced by this project.
+"""
+
+import ml_collections
+
+from smog_jax.data import default_data_config
+
+
+def get_config(variant: str = '') -> ml_collections.ConfigDict:
+  """The ImageNet ResNet-50 config; `variant` in {'', 'w2'}."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 4096
+  config.num_epochs = 400
+  config.total_steps = -1
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.knn_every_epochs = 50
+  config.knn_k = 20
+  config.knn_temperature = 0.07
+
+  config.data = default_data_config('imagenet2012')
+
+  config.model = ml_collections.ConfigDict(dict(
+      backbone='resnet50', width=1.0, stem='imagenet', stage_sizes=(),
+      block='bottleneck', projector_hidden_dim=2048, predictor_hidden_dim=2048,
+      projection_dim=128, head_activation='relu', dtype='float32',
+      bn_momentum=0.9))
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name='lars', start_lr=0.01, peak_lr=4.8, end_lr=0.0048,
+      warmup_epochs=10, weight_decay=1e-6, momentum=0.9,
+      trust_coefficient=0.001, exclude_1d_from_decay=False,
+      grad_clip_norm=0.0))
+
+  config.smog = ml_collections.ConfigDict(dict(
+      num_heads=3, num_groups=3000, temperature=0.1,
+      group_momentum_start=1.0, group_momentum_end=0.99,
+      ema_momentum=0.999, ema_schedule='constant',
+      kmeans_iters=10, centroid_gradient=False))
+
+  if variant == 'w2':
+    config.model.width = 2.0
+  elif variant:
+    raise ValueError(f"Unknown variant {variant!r} of imagenet_resnet50.py; "
+                     "use '' or 'w2'.")
+  return config

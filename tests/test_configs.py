@@ -1,0 +1,60 @@
+"""Every config loads, builds its network, and the reference recipe is intact."""
+
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from smog_jax import models
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs')
+
+
+def _load(name, variant=''):
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(CONFIGS, f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+@pytest.mark.parametrize('name,variant', [
+    ('fashion_mnist', ''), ('fashion_mnist', 'tiny'), ('cifar10', ''),
+    ('cifar10', 'short'), ('imagenet_resnet50', ''),
+    ('imagenet_resnet50', 'w2')])
+def test_config_builds_its_network(name, variant):
+  config = _load(name, variant)
+  network = models.build_network(config.model)
+  d = config.data
+  shapes = jax.eval_shape(
+      lambda: network.init(jax.random.PRNGKey(0),
+                           jnp.zeros((1, d.image_size, d.image_size,
+                                      d.channels)),
+                           train=False))
+  assert set(shapes['params']) == {'backbone', 'projector', 'predictor'}
+  assert config.batch_size % 8 == 0 or variant == 'tiny'
+
+
+def test_imagenet_config_is_the_reference_recipe():
+  c = _load('imagenet_resnet50')
+  assert (c.num_epochs, c.batch_size) == (400, 4096)
+  assert (c.data.image_size, c.data.small_image_size) == (224, 96)
+  assert (c.data.num_large_crops, c.data.num_small_crops) == (2, 4)
+  assert (c.smog.num_heads, c.smog.num_groups, c.model.projection_dim) == (
+      3, 3000, 128)
+  assert c.smog.temperature == 0.1 and c.smog.ema_momentum == 0.999
+  assert (c.smog.group_momentum_start, c.smog.group_momentum_end) == (1.0,
+                                                                      0.99)
+  o = c.optimizer
+  assert (o.name, o.start_lr, o.peak_lr, o.end_lr, o.warmup_epochs) == (
+      'lars', 0.01, 4.8, 0.0048, 10)
+  assert (o.weight_decay, o.trust_coefficient, o.momentum) == (1e-6, 0.001,
+                                                               0.9)
+  assert _load('imagenet_resnet50', 'w2').model.width == 2.0
+
+
+def test_unknown_variant_is_a_clear_error():
+  with pytest.raises(ValueError, match='Unknown variant'):
+    _load('fashion_mnist', 'huge')

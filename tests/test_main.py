@@ -1,0 +1,204 @@
+"""End-to-end runs of `python -m smog_jax.main` on the `:tiny` config.
+
+Each run is a real subprocess on the committed 64-image Fashion-MNIST fixture:
+2 epochs of 4 steps (so regrouping and the target reset happen mid-run),
+checkpoints every 2 steps. A shared persistent compilation cache keeps the
+repeated runs from recompiling.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(REPO, 'tests', 'data', 'fashion_mnist')
+TOTAL_STEPS = 8
+TIMEOUT = 600
+
+
+@pytest.fixture(scope='module')
+def shared(tmp_path_factory):
+  root = tmp_path_factory.mktemp('main')
+  return {'data_dir': str(root / 'tfds'), 'cache': str(root / 'xla_cache'),
+          'root': root}
+
+
+def _command(shared, workdir, extra=()):
+  return [sys.executable, '-m', 'smog_jax.main',
+          '--config', os.path.join(REPO, 'configs', 'fashion_mnist.py:tiny'),
+          '--workdir', str(workdir),
+          f'--config.total_steps={TOTAL_STEPS}',
+          '--config.checkpoint_every_steps=2',
+          f'--config.data.data_dir={shared["data_dir"]}',
+          f'--config.data.fashion_mnist_idx_dir={FIXTURE}',
+          '--config.data.download=False', *extra]
+
+
+def _env(shared, devices):
+  env = dict(os.environ)
+  env.update(
+      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+      JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
+      JAX_COMPILATION_CACHE_DIR=shared['cache'],
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  return env
+
+
+def _start(shared, workdir, devices=8, extra=()):
+  log = open(os.path.join(str(shared['root']),
+                          f'{os.path.basename(str(workdir))}.log'), 'ab')
+  return subprocess.Popen(_command(shared, workdir, extra), cwd=REPO,
+                          env=_env(shared, devices), stdout=log,
+                          stderr=subprocess.STDOUT)
+
+
+def _run(shared, workdir, devices=8, extra=()):
+  proc = _start(shared, workdir, devices, extra)
+  assert proc.wait(timeout=TIMEOUT) == 0, _tail(shared, workdir)
+  return workdir
+
+
+def _tail(shared, workdir):
+  path = os.path.join(str(shared['root']),
+                      f'{os.path.basename(str(workdir))}.log')
+  with open(path, 'rb') as f:
+    return f.read()[-3000:].decode(errors='replace')
+
+
+def _checkpoint_steps(workdir):
+  directory = os.path.join(str(workdir), 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def _final_state(workdir):
+  step = _checkpoint_steps(workdir)[-1]
+  path = os.path.join(str(workdir), 'checkpoints', str(step), 'state')
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = checkpointer.metadata(path)
+  meta = getattr(getattr(meta, 'item_metadata', meta), 'tree', meta)
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+  return step, checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      restore_args=args))
+
+
+def _assert_same_state(a, b, rtol, atol):
+  flat_a = jax.tree_util.tree_leaves_with_path(a)
+  flat_b = jax.tree.leaves(b)
+  assert len(flat_a) == len(flat_b)
+  for (path, x), y in zip(flat_a, flat_b):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def _wait_for_checkpoint(proc, workdir, step):
+  deadline = time.time() + TIMEOUT
+  while time.time() < deadline:
+    if step in _checkpoint_steps(workdir):
+      return
+    assert proc.poll() is None, 'run ended before its checkpoint'
+    time.sleep(0.2)
+  raise TimeoutError(f'no checkpoint {step} in {workdir}')
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(shared):
+  # With the kNN monitor at the end (it reads the state, never changes it).
+  return _run(shared, shared['root'] / 'uninterrupted',
+              extra=('--config.knn_every_epochs=0',))
+
+
+def test_tiny_run_writes_metrics_and_checkpoints(uninterrupted):
+  with open(os.path.join(str(uninterrupted), 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  # One record per logged step (log_every_steps=1), each with the contract.
+  assert [r['step'] for r in records] == list(range(1, TOTAL_STEPS + 1))
+  required = {'step', 'loss', 'learning_rate', 'ema_momentum',
+              'group_momentum', 'groups_used', 'assignment_entropy',
+              'images_per_sec'}
+  for r in records:
+    assert required <= set(r), required - set(r)
+    assert np.isfinite(r['loss'])
+    assert 1 <= r['groups_used'] <= 8
+  # The kNN monitor ran once, at the end, on the 64 test images.
+  knn = [r for r in records if 'knn_top1' in r]
+  assert [r['step'] for r in knn] == [TOTAL_STEPS]
+  assert 0.0 <= knn[0]['knn_top1'] <= 1.0
+  # The logged schedules are the pure functions of the step.
+  first, last = records[0], records[-1]
+  assert first['group_momentum'] == pytest.approx(1.0)
+  assert last['group_momentum'] == pytest.approx(0.99, abs=1e-6)
+  assert last['ema_momentum'] == pytest.approx(0.99)
+  # keep_checkpoints=3 of the checkpoints every 2 steps.
+  assert _checkpoint_steps(uninterrupted) == [4, 6, 8]
+  step, state = _final_state(uninterrupted)
+  assert step == TOTAL_STEPS == int(state['step'])
+  np.testing.assert_allclose(
+      np.linalg.norm(state['centroids'], axis=-1), 1.0, rtol=1e-5)
+  # The bank holds a unit-norm projection for every one of the 64 examples.
+  np.testing.assert_allclose(
+      np.linalg.norm(state['memory_bank'], axis=-1), 1.0, rtol=1e-5)
+
+
+def test_kill_9_and_resume_ends_in_the_same_state(shared, uninterrupted):
+  workdir = shared['root'] / 'killed'
+  proc = _start(shared, workdir)
+  _wait_for_checkpoint(proc, workdir, 4)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert _checkpoint_steps(workdir)[-1] < TOTAL_STEPS
+  _run(shared, workdir)
+  _, want = _final_state(uninterrupted)
+  _, got = _final_state(workdir)
+  _assert_same_state(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_sigterm_saves_then_resumes_on_one_device(shared, uninterrupted):
+  # Preempted on 8 devices; the checkpoint restores on 1 device; the 1-device
+  # steps continue to the same final state as the 8-device run.
+  workdir = shared['root'] / 'preempted'
+  proc = _start(shared, workdir)
+  _wait_for_checkpoint(proc, workdir, 2)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=TIMEOUT) == 0
+  steps = _checkpoint_steps(workdir)
+  with open(os.path.join(str(workdir), 'metrics.jsonl')) as f:
+    last_logged = [json.loads(line)['step'] for line in f][-1]
+  assert steps[-1] == last_logged  # saved at the step it stopped
+  if steps[-1] < TOTAL_STEPS:
+    _run(shared, workdir, devices=1)
+  _, want = _final_state(uninterrupted)
+  _, got = _final_state(workdir)
+  _assert_same_state(got, want, rtol=2e-4, atol=2e-5)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process(shared, uninterrupted):
+  workdir = shared['root'] / 'two_processes'
+  address = f'127.0.0.1:{_free_port()}'
+  procs = [
+      _start(shared, workdir, devices=4, extra=(
+          f'--coordinator_address={address}', '--num_processes=2',
+          f'--process_id={i}'))
+      for i in range(2)]
+  for p in procs:
+    assert p.wait(timeout=TIMEOUT) == 0, _tail(shared, workdir)
+  _, want = _final_state(uninterrupted)
+  _, got = _final_state(workdir)
+  _assert_same_state(got, want, rtol=2e-4, atol=2e-5)
