@@ -6,7 +6,7 @@
 Variants (`--config configs/fashion_mnist.py:VARIANT`):
   (none)  a 3-stage ResNet (one basic block per stage, 16-32-64 channels,
           CIFAR stem), 2 x 28 px + 4 x 14 px crops, 3 heads x 256 groups,
-          3 epochs: sized for 30 minutes of a 2-core CPU (a ResNet-18 of width
+          4 epochs: sized for 30 minutes of a 2-core CPU (a ResNet-18 of width
           32 runs ~10 img/s there); measured results in README.md.
   tiny    a 2-stage width-4 ResNet, 2 heads x 8 groups, batch 16, 64 training
           examples (an epoch, and with it regrouping and the target reset, every
@@ -23,7 +23,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.batch_size = 256
-  config.num_epochs = 3
+  config.num_epochs = 4
   # > 0 overrides the epoch-based length (--config.total_steps=N).
   config.total_steps = -1
   config.log_every_steps = 20

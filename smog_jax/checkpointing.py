@@ -23,8 +23,15 @@ import orbax.checkpoint as ocp
 CHECKPOINT_SUBDIR = 'checkpoints'
 
 
+def absolute(path: str) -> str:
+  """A local path made absolute (orbax refuses relative ones); URLs as given."""
+  path = os.fspath(path)
+  return path if '://' in path else os.path.abspath(path)
+
+
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.fspath(workdir), CHECKPOINT_SUBDIR)
+  """`WORKDIR/checkpoints`, absolute."""
+  return os.path.join(absolute(workdir), CHECKPOINT_SUBDIR)
 
 
 def make_manager(workdir: str, max_to_keep: int = 3,

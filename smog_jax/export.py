@@ -110,7 +110,7 @@ def load_backbone_info(path: str) -> LoadedBackbone:
     abstract = {k: abstract[k] for k in ('params', 'batch_stats')
                 if k in abstract}
     variables = ocp.StandardCheckpointer().restore(
-        os.path.abspath(os.path.join(path, VARIABLES_SUBDIR)), abstract)
+        checkpointing.absolute(os.path.join(path, VARIABLES_SUBDIR)), abstract)
     return LoadedBackbone(module, dict(variables), model_config,
                           desc['preprocessing'], int(desc['step']), 'export')
   config, variables, step = checkpointing.load_pretrained(path)
@@ -147,7 +147,7 @@ def export_backbone(workdir: str, output: str) -> str:
   Returns:
     `output`.
   """
-  output = os.path.abspath(os.fspath(output))
+  output = checkpointing.absolute(os.fspath(output))
   config, variables, step = checkpointing.load_pretrained(workdir)
   variables_dir = os.path.join(output, VARIABLES_SUBDIR)
   if os.path.exists(variables_dir):
@@ -160,7 +160,7 @@ def export_backbone(workdir: str, output: str) -> str:
   if jax.process_index() == 0:
     desc = dict(format=EXPORT_FORMAT, model=config.model.to_dict(),
                 preprocessing=preprocessing_from_config(config), step=step,
-                source=os.path.abspath(os.fspath(workdir)))
+                source=checkpointing.absolute(os.fspath(workdir)))
     with open(os.path.join(output, DESCRIPTION_FILE), 'w') as f:
       json.dump(desc, f, indent=2, sort_keys=True)
   logging.info('Exported the backbone of %s (step %d) to %s', workdir, step,

@@ -33,9 +33,11 @@ def shared(tmp_path_factory):
 
 
 def _command(shared, workdir, extra=()):
+  # The workdir is passed relative to the run's cwd (the shared root), as
+  # users type it: checkpointing must not depend on absolute paths.
   return [sys.executable, '-m', 'smog_jax.main',
           '--config', os.path.join(REPO, 'configs', 'fashion_mnist.py:tiny'),
-          '--workdir', str(workdir),
+          '--workdir', os.path.relpath(str(workdir), str(shared['root'])),
           f'--config.total_steps={TOTAL_STEPS}',
           '--config.checkpoint_every_steps=2',
           f'--config.data.data_dir={shared["data_dir"]}',
@@ -57,7 +59,8 @@ def _env(shared, devices):
 def _start(shared, workdir, devices=8, extra=()):
   log = open(os.path.join(str(shared['root']),
                           f'{os.path.basename(str(workdir))}.log'), 'ab')
-  return subprocess.Popen(_command(shared, workdir, extra), cwd=REPO,
+  return subprocess.Popen(_command(shared, workdir, extra),
+                          cwd=str(shared['root']),
                           env=_env(shared, devices), stdout=log,
                           stderr=subprocess.STDOUT)
 

@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import Mesh
 
+from smog_jax import checkpointing
 from smog_jax import export as export_lib
 from smog_jax import models
 from smog_jax import sharding as sharding_lib
@@ -105,7 +106,7 @@ def load_feature_source(config: ml_collections.ConfigDict) -> FeatureSource:
     return FeatureSource(module, jax.device_get(variables), 0, 'random', None)
   loaded = export_lib.load_backbone_info(pretrained)
   return FeatureSource(loaded.module, loaded.variables, loaded.step,
-                       os.path.abspath(pretrained), loaded.preprocessing)
+                       checkpointing.absolute(pretrained), loaded.preprocessing)
 
 
 def _image_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -215,7 +216,7 @@ def _full_step(state: linear_lib.ProbeState, variables: Any,
 
 def _probe_manager(workdir: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR),
+      os.path.join(checkpointing.absolute(workdir), CHECKPOINT_SUBDIR),
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
       item_names=('state',))
 
