@@ -37,11 +37,23 @@ METRICS_FILE = 'metrics.jsonl'
 
 
 class JsonlWriter(metric_writers.MetricWriter):
-  """Appends one JSON object per `write_scalars` call to `WORKDIR/metrics.jsonl`."""
+  """Appends one JSON object per `write_scalars` call to `WORKDIR/metrics.jsonl`.
 
-  def __init__(self, workdir: str):
+  On resume from step S, records of steps after S (logged by the previous
+  run after its last checkpoint, and about to be logged again) are dropped
+  first, so the file holds each step once.
+  """
+
+  def __init__(self, workdir: str, resume_step: int = 0):
     os.makedirs(workdir, exist_ok=True)
-    self._file = open(os.path.join(workdir, METRICS_FILE), 'a')
+    path = os.path.join(workdir, METRICS_FILE)
+    if os.path.exists(path):
+      with open(path) as f:
+        kept = [line for line in f
+                if line.strip() and json.loads(line)['step'] <= resume_step]
+      with open(path, 'w') as f:
+        f.writelines(kept)
+    self._file = open(path, 'a')
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     record = {'step': int(step)}
@@ -77,13 +89,13 @@ class JsonlWriter(metric_writers.MetricWriter):
     self._file.close()
 
 
-def make_writer(workdir: str) -> metric_writers.MetricWriter:
+def make_writer(workdir: str, resume_step: int) -> metric_writers.MetricWriter:
   """TensorBoard + log + JSONL on process 0; log only elsewhere."""
   if jax.process_index() != 0:
     return metric_writers.create_default_writer(just_logging=True)
   return metric_writers.MultiWriter([
       metric_writers.create_default_writer(workdir, asynchronous=False),
-      JsonlWriter(workdir)])
+      JsonlWriter(workdir, resume_step)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   start = int(jax.device_get(state.step))
   step_fn = train.jit_train_step(network, tx, step_config, mesh, state)
   regroup_fn = memory_bank.jit_regroup(config.smog.kmeans_iters, mesh, state)
-  writer = make_writer(workdir)
+  writer = make_writer(workdir, start)
   if start == 0:
     writer.write_hparams(_flat(config.to_dict()))
   # Steps/s and ETA go to the log; metrics.jsonl keeps one record per step.

@@ -165,6 +165,15 @@ def test_kill_9_and_resume_ends_in_the_same_state(shared, uninterrupted):
   _, want = _final_state(uninterrupted)
   _, got = _final_state(workdir)
   _assert_same_state(got, want, rtol=1e-6, atol=1e-7)
+  # Steps logged after the last checkpoint were dropped, then logged again:
+  # each step appears once, with the uninterrupted run's loss.
+  def losses(w):
+    with open(os.path.join(str(w), 'metrics.jsonl')) as f:
+      return [(r['step'], r['loss']) for r in map(json.loads, f)]
+  got_losses, want_losses = losses(workdir), losses(uninterrupted)
+  assert [s for s, _ in got_losses] == list(range(1, TOTAL_STEPS + 1))
+  np.testing.assert_allclose([l for _, l in got_losses],
+                             [l for _, l in want_losses], rtol=1e-6)
 
 
 def test_sigterm_saves_then_resumes_on_one_device(shared, uninterrupted):
