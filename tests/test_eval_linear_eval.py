@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from smog_jax import checkpointing
 from smog_jax import export
 from smog_jax.evaluation import fakes
 from smog_jax.evaluation import runner
@@ -122,7 +123,7 @@ def test_full_linear_mode_resumes_identically(data, pretrain_dir, tmp_path):
   workdir = str(tmp_path)
   config = _config('linear', pretrain_dir, epochs=2)
   first = runner.run(config, workdir, data=data)
-  ckpts = os.path.join(workdir, runner.CHECKPOINT_SUBDIR)
+  ckpts = checkpointing.checkpoint_dir(workdir)
   assert sorted(os.listdir(ckpts)) == ['1', '2']
   # Simulate a crash during epoch 2: drop its checkpoint and rerun.
   shutil.rmtree(os.path.join(ckpts, '2'))

@@ -49,7 +49,6 @@ from smog_jax.evaluation import linear as linear_lib
 MODES = ('linear', 'fast', 'knn')
 METRICS_FILE = 'metrics.jsonl'
 RESULTS_FILE = 'results.json'
-CHECKPOINT_SUBDIR = 'checkpoints'
 # Preprocessing fields a pretrained backbone imposes on the evaluation data:
 # it only understands inputs normalised (and with the channel count) as it
 # was trained; the image size stays the evaluation dataset's.
@@ -216,7 +215,7 @@ def _full_step(state: linear_lib.ProbeState, variables: Any,
 
 def _probe_manager(workdir: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.join(checkpointing.absolute(workdir), CHECKPOINT_SUBDIR),
+      checkpointing.checkpoint_dir(workdir),
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
       item_names=('state',))
 
