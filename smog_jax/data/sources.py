@@ -24,6 +24,8 @@ import numpy as np
 from smog_jax.data.settings import DataSettings
 
 JPEG_DATASETS = ('imagenet2012',)
+# Side of the images of the in-memory datasets (JPEG datasets vary).
+NATIVE_IMAGE_SIZE = {'fashion_mnist': 28, 'cifar10': 32, 'cifar100': 32}
 _IDX_FILES = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
     'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),

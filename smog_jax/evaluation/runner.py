@@ -35,11 +35,13 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import tensorflow as tf
 from absl import logging
 from jax.sharding import Mesh
 
 from smog_jax import checkpointing
 from smog_jax import export as export_lib
+from smog_jax import jsonl
 from smog_jax import models
 from smog_jax import sharding as sharding_lib
 from smog_jax.evaluation import features as features_lib
@@ -141,25 +143,19 @@ def test_split(config: ml_collections.ConfigDict) -> str:
 
 
 class MetricsLog:
-  """Appends one JSON object per call to WORKDIR/metrics.jsonl (process 0).
+  """Logs each record, and appends it to WORKDIR/metrics.jsonl on process 0.
 
   Appending (not truncating) keeps the history of a resumed run whole.
   """
 
   def __init__(self, workdir: str):
-    self._path = os.path.join(workdir, METRICS_FILE)
-    self._enabled = jax.process_index() == 0
+    self._writer = (jsonl.JsonlWriter(os.path.join(workdir, METRICS_FILE))
+                    if jax.process_index() == 0 else None)
 
   def __call__(self, record: dict[str, Any]) -> None:
     logging.info('%s', ' '.join(f'{k}={v}' for k, v in record.items()))
-    if self._enabled:
-      with open(self._path, 'a') as f:
-        f.write(json.dumps(_jsonable(record)) + '\n')
-
-
-def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
-  return {k: (v.item() if isinstance(v, (np.generic, np.ndarray)) else v)
-          for k, v in record.items()}
+    if self._writer is not None:
+      self._writer.write(record)
 
 
 def _percent(metrics: dict[str, float]) -> dict[str, float]:
@@ -349,7 +345,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding_lib.make_mesh() if mesh is None else mesh
   workdir = os.fspath(workdir)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    tf.io.gfile.makedirs(workdir)
   source = load_feature_source(config)
   config = with_source_preprocessing(config, source)
   log = MetricsLog(workdir)
@@ -384,6 +380,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                  wall_clock_seconds=time.time() - start)
   log(dict(final=True, **results))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, RESULTS_FILE), 'w') as f:
-      json.dump(_jsonable(results), f, indent=2, sort_keys=True)
+    with tf.io.gfile.GFile(os.path.join(workdir, RESULTS_FILE), 'w') as f:
+      json.dump({k: jsonl.jsonable(v) for k, v in results.items()}, f,
+                indent=2, sort_keys=True)
   return results
