@@ -77,16 +77,17 @@ def abstract_like(state: Any, shardings: Any) -> Any:
       state, shardings)
 
 
-def load_pretrained(path: str) -> tuple[ml_collections.ConfigDict,
-                                        dict[str, Any], int]:
-  """The online backbone of the newest checkpoint in a pre-training workdir.
+def load_host_state(path: str) -> tuple[ml_collections.ConfigDict,
+                                         dict[str, Any], int]:
+  """The newest checkpoint of a pre-training workdir, as host arrays.
 
   Args:
     path: a pre-training workdir (holding `checkpoints/`).
 
   Returns:
-    `(config, variables, step)`: the pre-training config, the online
-    backbone's `{'params', 'batch_stats'}` as host arrays, and the step.
+    `(config, tree, step)`: the pre-training config, the whole `TrainState`
+    as a nested dict of numpy arrays (`tree['params']['backbone']`,
+    `tree['memory_bank']`, `tree['centroids']`, ...), and the step.
 
   Raises:
     FileNotFoundError: when `path` holds no checkpoint.
@@ -102,17 +103,35 @@ def load_pretrained(path: str) -> tuple[ml_collections.ConfigDict,
     step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f'{directory!r} holds no finished checkpoint.')
-    # Restore only what is needed, as plain host arrays: no knowledge of the
-    # optimiser (or device count) of the pre-training run is required.
+    # Plain host arrays: no knowledge of the optimiser (or device count) of
+    # the pre-training run is required.
     config = manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))['config']
     state_dir = os.path.join(directory, str(step), 'state')
     tree = ocp.PyTreeCheckpointer().restore(
         state_dir, args=ocp.args.PyTreeRestore(
             restore_args=_host_restore_args(state_dir)))
+  return ml_collections.ConfigDict(config), tree, int(step)
+
+
+def load_pretrained(path: str) -> tuple[ml_collections.ConfigDict,
+                                        dict[str, Any], int]:
+  """The online backbone of the newest checkpoint in a pre-training workdir.
+
+  Args:
+    path: a pre-training workdir (holding `checkpoints/`).
+
+  Returns:
+    `(config, variables, step)`: the pre-training config, the online
+    backbone's `{'params', 'batch_stats'}` as host arrays, and the step.
+
+  Raises:
+    FileNotFoundError: when `path` holds no checkpoint.
+  """
+  config, tree, step = load_host_state(path)
   variables = {'params': tree['params']['backbone'],
                'batch_stats': tree['batch_stats']['backbone']}
-  return ml_collections.ConfigDict(config), variables, int(step)
+  return config, variables, step
 
 
 def _host_restore_args(state_dir: str) -> Any:
