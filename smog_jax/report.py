@@ -35,6 +35,7 @@ from absl import app
 from absl import flags
 from absl import logging
 from matplotlib import figure as mpl_figure
+from matplotlib import ticker
 
 from smog_jax import checkpointing
 from smog_jax import grouping
@@ -134,8 +135,9 @@ def group_sizes(assignments: np.ndarray, num_groups: int) -> np.ndarray:
 def sample_groups(sizes: np.ndarray, num: int) -> list[tuple[str, int]]:
   """`num` non-empty groups evenly spaced from the largest to the smallest.
 
-  Groups are ranked by size (descending; ties by index). With an odd `num`
-  the middle pick is the median group.
+  Groups are ranked by size (descending; ties by index). With `num` >= 3 the
+  median group (of n non-empty ones, rank (n - 1) // 2 from 0) replaces the
+  evenly spaced pick nearest to it.
 
   Args:
     sizes: `[K]` group sizes of one head.
@@ -150,11 +152,13 @@ def sample_groups(sizes: np.ndarray, num: int) -> list[tuple[str, int]]:
   n = len(order)
   if n == 0:
     return []
-  positions = sorted(set(np.round(np.linspace(0, n - 1, min(num, n)))
-                         .astype(int).tolist()))
+  positions = np.round(np.linspace(0, n - 1, min(num, n))).astype(int)
   named = {0: 'largest', n - 1: 'smallest'}
-  if n % 2 == 1 and n > 2:
-    named[(n - 1) // 2] = 'median'
+  if len(positions) >= 3:
+    median = (n - 1) // 2  # the lower one when n is even
+    positions[np.argmin(np.abs(positions - median))] = median
+    named[median] = 'median'
+  positions = sorted(set(positions.tolist()))
   return [(named.get(p, f'rank {p + 1} of {n}'), int(order[p]))
           for p in positions]
 
@@ -224,14 +228,16 @@ def plot_curves(records: list[dict[str, float]], num_groups: int,
       for xi, yi in zip(x, y):
         ax.annotate(f'{yi:.3g}', (xi, yi), textcoords='offset points',
                     xytext=(0, 6), ha='center', fontsize=8)
-    if name == 'groups_used':
-      ax.axhline(num_groups, color='grey', ls='--', lw=0.8)
-      ax.text(0.01, 0.97, f'K = {num_groups}', transform=ax.transAxes,
-              va='top', fontsize=8, color='grey')
-    if name == 'assignment_entropy':
-      ax.axhline(math.log(num_groups), color='grey', ls='--', lw=0.8)
-      ax.text(0.01, 0.97, f'uniform over K: ln K = {math.log(num_groups):.2f}',
-              transform=ax.transAxes, va='top', fontsize=8, color='grey')
+    reference = {'groups_used': (num_groups, f'all K = {num_groups} groups'),
+                 'assignment_entropy': (math.log(num_groups),
+                                        f'uniform: ln K = '
+                                        f'{math.log(num_groups):.2f}')}
+    if name in reference:
+      value, text = reference[name]
+      ax.axhline(value, color='C1', ls='--', lw=0.8)
+      ax.annotate(text, xy=(0.02, value), xycoords=('axes fraction', 'data'),
+                  xytext=(0, -3), textcoords='offset points', va='top',
+                  fontsize=8, color='C1')
     for b in boundaries:
       ax.axvline(b, color='grey', ls=':', lw=0.8)
     ax.set_title(CURVE_TITLES.get(name, name), fontsize=9)
@@ -262,9 +268,13 @@ def plot_group_sizes(sizes: np.ndarray, num_banks: int, path: str) -> None:
     ax.text(uniform, 0.97, f' N/K = {uniform:.0f}', color='C1', fontsize=8,
             va='top', transform=ax.get_xaxis_transform())
     empty = int(np.sum(s == 0))
+    nonempty = np.sort(s[s > 0])
     ax.set_title(f'head {h} (bank {bank_of_head(h, num_banks)}): '
-                 f'{num_groups - empty} of {num_groups} groups non-empty',
+                 f'{num_groups - empty} of {num_groups} groups non-empty\n'
+                 f'sizes: largest {nonempty[-1]:,}, median '
+                 f'{int(np.median(nonempty)):,}, smallest {nonempty[0]:,}',
                  fontsize=9)
+    ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_xlabel('training examples in the group', fontsize=8)
     ax.set_ylabel('groups', fontsize=8)
     ax.tick_params(labelsize=7)
@@ -301,39 +311,43 @@ def plot_groups(images: np.ndarray, labels: np.ndarray,
                 picks: list[tuple[str, int]], per_group: int, head: int,
                 path: str) -> None:
   """A row of the images nearest to the centroid for every picked group."""
-  fig = mpl_figure.Figure(figsize=(0.8 * per_group, 1.05 * len(picks) + 0.4),
-                          layout='constrained')
-  axes = fig.subplots(len(picks), per_group, squeeze=False)
-  for row, (name, k) in enumerate(picks):
+  fig = mpl_figure.Figure(
+      figsize=(max(0.8 * per_group, 7), 1.1 * len(picks) + 0.5),
+      layout='constrained')
+  fig.suptitle(f'Head {head}: the training images nearest to each centroid, '
+               'from the largest to the smallest non-empty group', fontsize=10)
+  # One sub-figure per group, so that the row titles do not widen a column.
+  for sub, (name, k) in zip(fig.subfigures(len(picks), 1, squeeze=False)[:, 0],
+                            picks):
     members = assignments == k
     idx = nearest_to_centroid(bank, assignments, centroids[k], k, per_group)
-    for col, ax in enumerate(axes[row]):
+    sub.suptitle(f'{name} group (#{k}): {int(members.sum()):,} images, '
+                 f'{_purity(labels[members], label_names)}',
+                 x=0.0, ha='left', fontsize=9)
+    for col, ax in enumerate(sub.subplots(1, per_group)):
       if col < len(idx):
         _show(ax, images[idx[col]])
       else:
         ax.set_axis_off()
-    axes[row, 0].set_title(
-        f'{name} group (#{k}): {int(members.sum()):,} images, '
-        f'{_purity(labels[members], label_names)}',
-        loc='left', fontsize=9)
-  fig.suptitle(f'Head {head}: the training images nearest to the centroid, '
-               'from the largest to the smallest non-empty group', fontsize=10)
   fig.savefig(path, dpi=80)
 
 
 def plot_neighbours(images: np.ndarray, labels: np.ndarray,
                     label_names: Sequence[str], queries: np.ndarray,
                     neighbours: np.ndarray, bank_index: int,
-                    agreement: float, path: str) -> None:
+                    agreement: float, num_checked: int, path: str) -> None:
   """Each query (left) and its nearest neighbours, framed by class match."""
   rows, num = neighbours.shape
+  # Two random images share a class with probability sum_c p_c^2.
+  chance = float(np.sum((np.bincount(labels) / len(labels)) ** 2))
   fig = mpl_figure.Figure(figsize=(0.85 * (num + 1) + 0.3, 1.05 * rows + 0.7),
                           layout='constrained')
   axes = fig.subplots(rows, num + 1, squeeze=False)
   for r, q in enumerate(queries):
     _show(axes[r, 0], images[q])
     _frame(axes[r, 0], 'black')
-    axes[r, 0].set_title(f'query: {label_names[labels[q]]}', fontsize=7)
+    axes[r, 0].set_title(f'query: {label_names[labels[q]]}', fontsize=7,
+                         fontweight='bold')
     for c, n in enumerate(neighbours[r]):
       ax = axes[r, c + 1]
       _show(ax, images[n])
@@ -342,8 +356,9 @@ def plot_neighbours(images: np.ndarray, labels: np.ndarray,
   fig.suptitle(
       f'Nearest neighbours by cosine similarity of memory-bank projections '
       f'(bank {bank_index}); green = same class as the query.\n'
-      f'Over all checked queries, {100 * agreement:.1f}% of such neighbours '
-      'share the query\'s class.', fontsize=9)
+      f'Over {num_checked:,} random queries, {100 * agreement:.1f}% of the '
+      f'neighbours share the query\'s class (chance: {100 * chance:.1f}%).',
+      fontsize=9)
   fig.savefig(path, dpi=80)
 
 
@@ -362,7 +377,8 @@ def _html(title: str, facts: list[tuple[str, str]],
           figures: list[tuple[str, str]], notes: list[str]) -> str:
   rows = ''.join(f'<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td>'
                  '</tr>' for k, v in facts)
-  figs = ''.join(f'<figure><img src="{html.escape(src)}" alt="{html.escape(src)}">'
+  figs = ''.join(f'<figure><img src="{html.escape(src)}" '
+                 f'alt="{html.escape(src)}">'
                  f'<figcaption>{html.escape(cap)}</figcaption></figure>'
                  for src, cap in figures)
   extra = ''.join(f'<p>{html.escape(n)}</p>' for n in notes)
@@ -398,15 +414,18 @@ def write_report(workdir: str, output: str | None = None, head: int = 0,
   os.makedirs(output, exist_ok=True)
   num_banks, num_rows, _ = run.memory_bank.shape
   settings = data_settings.resolve(run.config)
-  last = run.metrics[-1] if run.metrics else {}
   facts = [('workdir', os.path.abspath(workdir)),
            ('checkpoint step', f'{run.step:,}'),
            ('dataset', f'{settings.dataset} ({settings.train_split}, '
                        f'{num_rows:,} examples)'),
            ('groups', f'{num_heads} heads x {num_groups} groups, '
                       f'projection dim {dim}')]
-  facts += [(f'last {k} (step {int(last["step"])})', f'{v:.4g}')
-            for k, v in last.items() if k != 'step']
+  last = {}  # metric -> (step, value) of its newest record
+  for r in run.metrics:
+    last.update({k: (r['step'], v) for k, v in r.items()
+                 if k not in _NOT_CURVES})
+  facts += [(f'{k} at step {step:,}', f'{v:.4g}')
+            for k, (step, v) in last.items()]
   figures, notes = [], []
 
   if run.metrics:
@@ -456,7 +475,7 @@ def write_report(workdir: str, output: str | None = None, head: int = 0,
     agreement = float(np.mean(labels[neighbours] == labels[checked, None]))
     shown = checked[:num_queries]
     plot_neighbours(images, labels, label_names, shown,
-                    neighbours[:num_queries], 0, agreement,
+                    neighbours[:num_queries], 0, agreement, len(checked),
                     os.path.join(output, 'neighbours.png'))
     figures.append(('neighbours.png', 'Random training images (left) and '
                     'their nearest neighbours among all training images, by '

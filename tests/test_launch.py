@@ -44,7 +44,9 @@ def stubs(tmp_path):
             '"$0").calls"; printf "\\n" >> "$RECORD/$(basename "$0").calls"\n')
   # describe fails unless TPU_EXISTS=1: the VM has to be created.
   _stub(str(bin_dir), 'gcloud', record +
-        'if [ "$4" = describe ] && [ "${TPU_EXISTS:-0}" != 1 ]; then exit 1; fi\n')
+        'if [ "$4" = describe ] && [ "${TPU_EXISTS:-0}" != 1 ]; then\n'
+        '  exit 1\n'
+        'fi\n')
   _stub(str(bin_dir), 'srun', record +
         'trap \'echo TERM >> "$RECORD/srun.signals"; exit 0\' TERM\n'
         'exit_code=${SRUN_EXIT:-0}\n'
@@ -178,3 +180,23 @@ def test_slurm_time_limit_signal_checkpoints_then_requeues(stubs):
   # The tasks got SIGTERM (checkpoint and exit) before the requeue.
   assert (tmp_path / 'srun.signals').read_text() == 'TERM\n'
   assert _calls(tmp_path, 'scontrol') == [['scontrol', 'requeue', '4242']]
+
+
+def test_slurm_preemption_waits_for_the_tasks(stubs):
+  tmp_path, env = stubs
+  env.update(SRUN_BLOCK='1', SLURM_JOB_ID='4242')
+  proc = subprocess.Popen(['bash', SLURM, '/w'], env=env,
+                          stdout=subprocess.PIPE, text=True)
+  deadline = time.time() + 30
+  while not _calls(tmp_path, 'srun'):
+    assert time.time() < deadline and proc.poll() is None
+    time.sleep(0.05)
+  srun_pid = int(subprocess.check_output(
+      ['pgrep', '-P', str(proc.pid), '-f', 'srun']).split()[0])
+  proc.send_signal(signal.SIGTERM)
+  time.sleep(0.5)
+  assert proc.poll() is None  # still waiting for the checkpointing tasks
+  os.kill(srun_pid, signal.SIGTERM)  # SLURM signals the tasks directly
+  out, _ = proc.communicate(timeout=30)
+  assert proc.returncode == 143, out
+  assert _calls(tmp_path, 'scontrol') == []  # SLURM requeues, not the job

@@ -1,4 +1,4 @@
-"""notebooks/smog_colab.ipynb runs headlessly, end to end, with `:tiny` settings.
+"""notebooks/smog_colab.ipynb runs headlessly, end to end, on `:tiny` settings.
 
 As papermill does, a cell after the one tagged `parameters` overrides them:
 no install, the repository checkout, the committed 64-image Fashion-MNIST
@@ -44,7 +44,8 @@ def executed(tmp_path_factory, monkeypatch_module):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   (position,) = [i for i, c in enumerate(nb.cells)
                  if 'parameters' in c.metadata.get('tags', [])]
-  nb.cells.insert(position + 1, nbformat.v4.new_code_cell(_parameters(tmp_path)))
+  nb.cells.insert(position + 1,
+                  nbformat.v4.new_code_cell(_parameters(tmp_path)))
   nb.cells.append(nbformat.v4.new_code_cell(
       f'print({RESULT_MARKER!r} + json.dumps(dict(records=records, '
       'results=results, losses=losses, classifier_top1=classifier_top1, '
