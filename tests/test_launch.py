@@ -165,8 +165,8 @@ def test_slurm_failure_is_the_jobs_failure(stubs):
   assert proc.returncode == 3
 
 
-def test_slurm_time_limit_signal_checkpoints_then_requeues(stubs):
-  tmp_path, env = stubs
+def _start_job_with_running_tasks(tmp_path, env):
+  """Starts the batch script of job 4242; returns once its srun runs."""
   env.update(SRUN_BLOCK='1', SLURM_JOB_ID='4242')
   proc = subprocess.Popen(['bash', SLURM, '/w'], env=env,
                           stdout=subprocess.PIPE, text=True)
@@ -174,6 +174,12 @@ def test_slurm_time_limit_signal_checkpoints_then_requeues(stubs):
   while not _calls(tmp_path, 'srun'):
     assert time.time() < deadline and proc.poll() is None
     time.sleep(0.05)
+  return proc
+
+
+def test_slurm_time_limit_signal_checkpoints_then_requeues(stubs):
+  tmp_path, env = stubs
+  proc = _start_job_with_running_tasks(tmp_path, env)
   proc.send_signal(signal.SIGUSR1)
   out, _ = proc.communicate(timeout=30)
   assert proc.returncode == 0, out
@@ -184,13 +190,7 @@ def test_slurm_time_limit_signal_checkpoints_then_requeues(stubs):
 
 def test_slurm_preemption_waits_for_the_tasks(stubs):
   tmp_path, env = stubs
-  env.update(SRUN_BLOCK='1', SLURM_JOB_ID='4242')
-  proc = subprocess.Popen(['bash', SLURM, '/w'], env=env,
-                          stdout=subprocess.PIPE, text=True)
-  deadline = time.time() + 30
-  while not _calls(tmp_path, 'srun'):
-    assert time.time() < deadline and proc.poll() is None
-    time.sleep(0.05)
+  proc = _start_job_with_running_tasks(tmp_path, env)
   srun_pid = int(subprocess.check_output(
       ['pgrep', '-P', str(proc.pid), '-f', 'srun']).split()[0])
   proc.send_signal(signal.SIGTERM)
