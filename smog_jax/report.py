@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import io
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from absl import flags
 from absl import logging
 from matplotlib import figure as mpl_figure
 from matplotlib import ticker
+from PIL import Image
 
 from smog_jax import checkpointing
 from smog_jax import grouping
@@ -145,7 +147,7 @@ def sample_groups(sizes: np.ndarray, num: int) -> list[tuple[str, int]]:
 
   Returns:
     `(name, group index)` pairs, largest first; names are 'largest',
-    'median', 'smallest' or 'rank r of n' (1-based).
+    'median', 'smallest' or 'size rank r of n' (1-based).
   """
   order = np.lexsort((np.arange(len(sizes)), -sizes))
   order = order[sizes[order] > 0]
@@ -159,7 +161,7 @@ def sample_groups(sizes: np.ndarray, num: int) -> list[tuple[str, int]]:
     positions[np.argmin(np.abs(positions - median))] = median
     named[median] = 'median'
   positions = sorted(set(positions.tolist()))
-  return [(named.get(p, f'rank {p + 1} of {n}'), int(order[p]))
+  return [(named.get(p, f'size rank {p + 1} of {n}'), int(order[p]))
           for p in positions]
 
 
@@ -249,7 +251,7 @@ def plot_curves(records: list[dict[str, float]], num_groups: int,
   if boundaries:
     fig.suptitle('dotted lines: epoch starts (k-means regrouping and target '
                  'reset)', fontsize=9, color='grey')
-  fig.savefig(path, dpi=80)
+  _save(fig, path)
   return names
 
 
@@ -280,7 +282,14 @@ def plot_group_sizes(sizes: np.ndarray, num_banks: int, path: str) -> None:
     ax.tick_params(labelsize=7)
   fig.suptitle(f'Group sizes: each of the N = {num_rows:,} memory-bank rows '
                'assigned to its nearest centroid', fontsize=10)
-  fig.savefig(path, dpi=80)
+  _save(fig, path)
+
+
+def _save(fig: mpl_figure.Figure, path: str) -> None:
+  """Writes `fig` as a 256-colour PNG: a third of the RGBA file's size."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=80)
+  Image.open(buffer).convert('RGB').quantize(256).save(path, optimize=True)
 
 
 def _show(ax, image: np.ndarray) -> None:
@@ -299,10 +308,10 @@ def _frame(ax, color: str) -> None:
 
 
 def _purity(labels: np.ndarray, names: Sequence[str]) -> str:
-  """'81% Trouser': the group's majority class and its share."""
+  """'Trouser (81%)': the group's majority class and its share."""
   counts = np.bincount(labels, minlength=len(names))
   top = int(np.argmax(counts))
-  return f'{100 * counts[top] / len(labels):.0f}% {names[top]}'
+  return f'{names[top]} ({100 * counts[top] / len(labels):.0f}%)'
 
 
 def plot_groups(images: np.ndarray, labels: np.ndarray,
@@ -321,15 +330,15 @@ def plot_groups(images: np.ndarray, labels: np.ndarray,
                             picks):
     members = assignments == k
     idx = nearest_to_centroid(bank, assignments, centroids[k], k, per_group)
-    sub.suptitle(f'{name} group (#{k}): {int(members.sum()):,} images, '
-                 f'{_purity(labels[members], label_names)}',
+    sub.suptitle(f'{name}: group #{k}, {int(members.sum()):,} images, most '
+                 f'common class {_purity(labels[members], label_names)}',
                  x=0.0, ha='left', fontsize=9)
     for col, ax in enumerate(sub.subplots(1, per_group)):
       if col < len(idx):
         _show(ax, images[idx[col]])
       else:
         ax.set_axis_off()
-  fig.savefig(path, dpi=80)
+  _save(fig, path)
 
 
 def plot_neighbours(images: np.ndarray, labels: np.ndarray,
@@ -340,16 +349,20 @@ def plot_neighbours(images: np.ndarray, labels: np.ndarray,
   rows, num = neighbours.shape
   # Two random images share a class with probability sum_c p_c^2.
   chance = float(np.sum((np.bincount(labels) / len(labels)) ** 2))
-  fig = mpl_figure.Figure(figsize=(0.85 * (num + 1) + 0.3, 1.05 * rows + 0.7),
+  fig = mpl_figure.Figure(figsize=(0.85 * (num + 1) + 0.4, 1.15 * rows + 0.7),
                           layout='constrained')
-  axes = fig.subplots(rows, num + 1, squeeze=False)
+  # Column 1 is an empty spacer between the queries and their neighbours.
+  axes = fig.subplots(rows, num + 2, squeeze=False,
+                      gridspec_kw={'width_ratios': [1, 0.15] + [1] * num})
+  for ax in axes[:, 1]:
+    ax.set_axis_off()
   for r, q in enumerate(queries):
     _show(axes[r, 0], images[q])
     _frame(axes[r, 0], 'black')
-    axes[r, 0].set_title(f'query: {label_names[labels[q]]}', fontsize=7,
+    axes[r, 0].set_title(f'query:\n{label_names[labels[q]]}', fontsize=7,
                          fontweight='bold')
     for c, n in enumerate(neighbours[r]):
-      ax = axes[r, c + 1]
+      ax = axes[r, c + 2]
       _show(ax, images[n])
       _frame(ax, 'tab:green' if labels[n] == labels[q] else 'tab:red')
       ax.set_title(label_names[labels[n]], fontsize=7)
@@ -359,7 +372,7 @@ def plot_neighbours(images: np.ndarray, labels: np.ndarray,
       f'Over {num_checked:,} random queries, {100 * agreement:.1f}% of the '
       f'neighbours share the query\'s class (chance: {100 * chance:.1f}%).',
       fontsize=9)
-  fig.savefig(path, dpi=80)
+  _save(fig, path)
 
 
 # ------------------------------------------------------------------------------
@@ -441,8 +454,10 @@ def write_report(workdir: str, output: str | None = None, head: int = 0,
   plot_group_sizes(sizes, num_banks, os.path.join(output, 'group_sizes.png'))
   figures.append(('group_sizes.png', 'How the memory bank (the projections of '
                   'the last epoch, one row per training example) spreads over '
-                  'the groups of each head at the checkpoint. The dashed line '
-                  'is the size of perfectly balanced groups; empty groups are '
+                  'the groups of each head at the checkpoint. Head h is '
+                  'matched with bank h mod n_large, the large crop the train '
+                  'step updates its centroids with. The dashed line is the '
+                  'size of perfectly balanced groups; empty groups are '
                   'counted in the title, not drawn.'))
 
   if settings.dataset in sources.JPEG_DATASETS:

@@ -82,8 +82,8 @@ def test_sample_groups_spans_largest_to_smallest_nonempty():
   assert report.sample_groups(sizes, 3) == [
       ('largest', 3), ('median', 2), ('smallest', 4)]
   assert report.sample_groups(sizes, 9) == [
-      ('largest', 3), ('rank 2 of 5', 1), ('median', 2), ('rank 4 of 5', 6),
-      ('smallest', 4)]
+      ('largest', 3), ('size rank 2 of 5', 1), ('median', 2),
+      ('size rank 4 of 5', 6), ('smallest', 4)]
   # Eight groups: the lower median (rank 4) replaces the pick nearest it.
   assert report.sample_groups(np.arange(8, 0, -1), 3) == [
       ('largest', 0), ('median', 3), ('smallest', 7)]
