@@ -219,6 +219,9 @@ def plot_curves(records: list[dict[str, float]], num_groups: int,
                           layout='constrained')
   axes = fig.subplots(rows, cols, squeeze=False).ravel()
   boundaries = _epoch_starts(records)
+  # One step axis for all panels, so that a metric logged rarely (kNN) lines
+  # up with the others.
+  last_step = max(r['step'] for r in records)
   for ax, name in zip(axes, names):
     pts = [(r['step'], r[name]) for r in records if name in r]
     x = np.array([p[0] for p in pts])
@@ -242,6 +245,7 @@ def plot_curves(records: list[dict[str, float]], num_groups: int,
                   fontsize=8, color='C1')
     for b in boundaries:
       ax.axvline(b, color='grey', ls=':', lw=0.8)
+    ax.set_xlim(0, last_step * 1.03)
     ax.set_title(CURVE_TITLES.get(name, name), fontsize=9)
     ax.set_xlabel('step', fontsize=8)
     ax.tick_params(labelsize=7)
