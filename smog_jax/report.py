@@ -43,8 +43,8 @@ from smog_jax import checkpointing
 from smog_jax import grouping
 from smog_jax.data import settings as data_settings
 from smog_jax.data import sources
+from smog_jax.trainer import METRICS_FILE
 
-METRICS_FILE = 'metrics.jsonl'
 REPORT_SUBDIR = 'report'
 # Rows scored against the centroids at once: keeps the [rows, K] score
 # matrix small for ImageNet-sized banks.

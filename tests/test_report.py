@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import ml_collections
@@ -141,3 +143,14 @@ def test_out_of_range_head_is_refused(workdir):
 def test_workdir_without_checkpoint_is_refused(tmp_path):
   with pytest.raises(FileNotFoundError, match='No pre-training checkpoints'):
     report.write_report(str(tmp_path))
+
+
+def test_command_line(workdir, tmp_path):
+  out = subprocess.run(
+      [sys.executable, '-m', 'smog_jax.report', f'--workdir={workdir}',
+       f'--output={tmp_path}', '--head=1', '--images_per_group=4'],
+      check=True, capture_output=True, text=True).stdout
+  assert out.strip() == str(tmp_path / 'index.html')
+  assert sorted(os.listdir(tmp_path)) == [
+      'curves.png', 'group_sizes.png', 'groups.png', 'index.html',
+      'neighbours.png']
