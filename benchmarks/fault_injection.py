@@ -54,27 +54,40 @@ def _env(cache: str) -> dict[str, str]:
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
 
 
-def _checkpoints(workdir: str) -> tuple[list[int], bool]:
-  """(finished steps, whether a write is in flight)."""
+def _checkpoints(workdir: str, since: float = 0.0
+                 ) -> tuple[list[int], bool]:
+  """(finished steps, whether a write started after `since` is in flight).
+
+  A write in flight is a temporary folder. One left by an earlier kill is
+  older than `since`, and the next run removes it (orbax's
+  cleanup_tmp_directories).
+  """
   directory = os.path.join(workdir, 'checkpoints')
   names = os.listdir(directory) if os.path.isdir(directory) else []
-  return (sorted(int(n) for n in names if n.isdigit()),
-          any('tmp' in n for n in names))
+  writing = False
+  for name in names:
+    try:
+      writing |= ('tmp' in name and
+                  os.path.getmtime(os.path.join(directory, name)) > since)
+    except FileNotFoundError:  # Renamed into place meanwhile.
+      pass
+  return sorted(int(n) for n in names if n.isdigit()), writing
 
 
 def _kill_once(command, env, workdir, rng, log) -> dict:
   """Starts a run and SIGKILLs it at a random moment; returns what it hit."""
+  started = time.time()
   proc = subprocess.Popen(command, env=env, stdout=log,
                           stderr=subprocess.STDOUT)
   during_write = rng.random() < 0.5
-  deadline = time.time() + rng.uniform(5.0, 40.0)
-  while proc.poll() is None and time.time() < deadline + 120:
-    steps, writing = _checkpoints(workdir)
+  deadline = time.time() + rng.uniform(5.0, 60.0)
+  while proc.poll() is None and time.time() < deadline + 300:
+    steps, writing = _checkpoints(workdir, started)
     if (writing if during_write else time.time() >= deadline):
       break
     time.sleep(0.005)
   finished = proc.poll() is not None
-  steps, writing = _checkpoints(workdir)
+  steps, writing = _checkpoints(workdir, started)
   if not finished:
     proc.send_signal(signal.SIGKILL)
   proc.wait()

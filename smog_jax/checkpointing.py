@@ -55,9 +55,11 @@ def checkpoint_dir(workdir: str) -> str:
 def make_manager(workdir: str, max_to_keep: int = 3,
                  async_save: bool = True) -> ocp.CheckpointManager:
   """A CheckpointManager for `state` + `config` under `WORKDIR/checkpoints`."""
+  # cleanup_tmp_directories: a kill during an asynchronous write leaves its
+  # temporary folder behind; the next run removes it.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True,
-      enable_async_checkpointing=async_save)
+      enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                item_names=('state', 'config'))
 

@@ -47,8 +47,11 @@ def stubs(tmp_path):
         'if [ "$4" = describe ] && [ "${TPU_EXISTS:-0}" != 1 ]; then\n'
         '  exit 1\n'
         'fi\n')
-  _stub(str(bin_dir), 'srun', record +
-        'trap \'echo TERM >> "$RECORD/srun.signals"; exit 0\' TERM\n'
+  # The trap is set before the call is recorded: the tests signal the job
+  # as soon as they see the call.
+  _stub(str(bin_dir), 'srun',
+        'trap \'echo TERM >> "$RECORD/srun.signals"; exit 0\' TERM\n' +
+        record +
         'exit_code=${SRUN_EXIT:-0}\n'
         'if [ "${SRUN_BLOCK:-0}" = 1 ]; then\n'
         '  while true; do sleep 0.05; done\n'
