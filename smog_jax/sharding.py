@@ -47,13 +47,14 @@ def shard_host_batch(batch: Any, mesh: Mesh) -> Any:
       batch)
 
 
-def process_rows(mesh: Mesh, global_batch: int) -> tuple[int, int]:
+def process_rows(mesh: Mesh, global_batch: int,
+                 what: str = 'batch_size') -> tuple[int, int]:
   """Rows `[start, stop)` of a global batch this process's devices hold.
 
   Read from the sharding rather than assumed to be `p * B / P`, so any
   device order works as long as each process's rows are contiguous.
   """
-  check_divisible(global_batch, mesh)
+  check_divisible(global_batch, mesh, what)
   slices = data_sharded(mesh).addressable_devices_indices_map(
       (global_batch,)).values()
   bounds = sorted(s[0].indices(global_batch)[:2] for s in slices)

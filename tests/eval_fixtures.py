@@ -45,10 +45,9 @@ def write_pretraining_workdir(workdir: str, config, step: int = 7):
   """
   network = models.build_network(config.model)
   d = config.data
-  state = train_state_lib.create_train_state(
-      jax.random.key(0), network, optax.sgd(0.1),
-      (d.image_size, d.image_size, d.channels), config.smog.num_heads,
-      config.smog.num_groups)
+  state = jax.jit(lambda rng: train_state_lib.create_train_state(
+      rng, network, optax.sgd(0.1), (d.image_size, d.image_size, d.channels),
+      config.smog.num_heads, config.smog.num_groups))(jax.random.key(0))
   rng = np.random.default_rng(0)
   stats = jax.tree.map_with_path(
       lambda path, x: (rng.uniform(0.5, 1.5, x.shape) if path[-1].key == 'var'

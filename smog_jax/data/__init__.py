@@ -1,16 +1,14 @@
 """Input pipelines: training batches, memory-bank fill, evaluation passes.
 
-Every iterator yields dicts of global `jax.Array`s sharded
-`NamedSharding(mesh, P('data'))` on axis 0; each process builds only its own
-rows (read from the mesh), and the global batch does not depend on the
-process count. The data flow (docs/architecture.md): a `sources.DataSource`
-read by example index -> host crops (uint8, TensorFlow on the CPU) -> device
-augmentation (smog_jax.augment, inside the jitted step) -> step.
+The data flow (docs/architecture.md): a `sources.DataSource` read by example
+index -> host crops (uint8, tf.data on the CPU) -> device augmentation
+(smog_jax.augment, inside the jitted step) -> step. Iterators yield dicts of
+global `jax.Array`s sharded on axis 0 over the mesh axis 'data'; each
+process builds only its own rows, and the global batch does not depend on
+the process count. TensorFlow is imported only when an iterator is built.
 
-TensorFlow is imported only when an iterator is built: the settings,
-`augment_spec` and the step run without it. The fields of `config.data`
-and their defaults are in `default_data_config`; `config.batch_size` and
-`config.seed` are read too.
+The fields of `config.data` and their defaults are in
+`default_data_config`; `config.batch_size` and `config.seed` are read too.
 """
 
 from __future__ import annotations
@@ -56,10 +54,14 @@ def augment_spec(config: ml_collections.ConfigDict):
   return _settings.resolve(config).augment_spec
 
 
-def _iterate(config, mesh, split, batch_size_field, build) -> Iterator[dict]:
+def _iterate(config, mesh, split, build, evaluation=False) -> Iterator[dict]:
   s = _settings.resolve(config)
   source = sources.open_source(s, split(s))
-  rows = sharding.process_rows(mesh, getattr(s, batch_size_field))
+  if evaluation:
+    rows = sharding.process_rows(mesh, s.eval_batch_size,
+                                 'data.eval_batch_size')
+  else:
+    rows = sharding.process_rows(mesh, s.batch_size)
   local = build(s, source, *rows).as_numpy_iterator()
   return _pipeline().global_batches(local, mesh, s.prefetch)
 
@@ -81,7 +83,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, mesh,
   """
   build = lambda s, source, *rows: _pipeline().build_train_dataset(
       s, source, start_step, *rows)
-  return _iterate(config, mesh, sources.train_split, 'batch_size', build)
+  return _iterate(config, mesh, sources.train_split, build)
 
 
 def make_bank_fill_iterator(config: ml_collections.ConfigDict, mesh
@@ -93,7 +95,7 @@ def make_bank_fill_iterator(config: ml_collections.ConfigDict, mesh
     augmented on the device), index i32[B], mask bool[B], label i32[B].
     Padding rows have mask False and index N (a JAX scatter drops them).
   """
-  return _iterate(config, mesh, sources.train_split, 'batch_size',
+  return _iterate(config, mesh, sources.train_split,
                   _pipeline().build_bank_fill_dataset)
 
 
@@ -117,5 +119,5 @@ def make_eval_iterator(config: ml_collections.ConfigDict, mesh,
   """
   build = lambda s, source, *rows: _pipeline().build_eval_dataset(
       s, source, mode, *rows, epoch=epoch)
-  return _iterate(config, mesh, lambda s: split or s.eval_split,
-                  'eval_batch_size', build)
+  return _iterate(config, mesh, lambda s: split or s.eval_split, build,
+                  evaluation=True)

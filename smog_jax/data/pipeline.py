@@ -47,7 +47,7 @@ def example_key(seed: int, stream: int, epoch, index):
   return _fold(_fold(tf.constant([seed, stream], tf.int64), epoch), index)
 
 
-def view_uniforms(key, n_crops: int):
+def view_draws(key, n_crops: int):
   """f32 `[2, n_crops, DRAWS_PER_VIEW]`: window and flip draws of each view.
 
   Row `[p, j]`, crop `j` of pipeline `p`, is drawn from `fold_in(key, p)`.
@@ -56,19 +56,19 @@ def view_uniforms(key, n_crops: int):
       [n_crops, crops.DRAWS_PER_VIEW], seed=_fold(key, p)) for p in range(2)])
 
 
-def _windows(settings: DataSettings, u, shape, scale):
-  attempts = tf.reshape(u[:, :crops.FLIP_DRAW],
-                        [u.shape[0], crops.CROP_ATTEMPTS, 4])
+def _windows(settings: DataSettings, draws, shape, scale):
+  attempts = tf.reshape(draws[:, :crops.FLIP_DRAW],
+                        [draws.shape[0], crops.CROP_ATTEMPTS, 4])
   return crops.crop_windows(attempts, shape[0], shape[1], scale,
                             settings.aspect_ratio)
 
 
-def crop_views(settings: DataSettings, pixels, u, size: int, scale):
+def crop_views(settings: DataSettings, pixels, draws, size: int, scale):
   """uint8 `[n, size, size, C_src]` crops and flips of decoded `pixels`."""
   views = crops.crop_views(
-      pixels, _windows(settings, u, tf.shape(pixels), scale),
-      u[:, crops.FLIP_DRAW] < settings.flip_prob, size, settings.antialias)
-  views.set_shape([u.shape[0], size, size, pixels.shape[-1]])
+      pixels, _windows(settings, draws, tf.shape(pixels), scale),
+      draws[:, crops.FLIP_DRAW] < settings.flip_prob, size, settings.antialias)
+  views.set_shape([draws.shape[0], size, size, pixels.shape[-1]])
   return views
 
 
@@ -96,9 +96,9 @@ def _eval_image(settings: DataSettings, source: DataSource, image, key,
     window = crops.centre_window(shape[0], shape[1],
                                  settings.eval_crop_fraction)
   else:
-    u = view_uniforms(key, 1)[0]
-    window = _windows(settings, u, shape, settings.linear_scale)[0]
-    flip = u[0, crops.FLIP_DRAW] < settings.flip_prob
+    draws = view_draws(key, 1)[0]
+    window = _windows(settings, draws, shape, settings.linear_scale)[0]
+    flip = draws[0, crops.FLIP_DRAW] < settings.flip_prob
   if source.encoded:
     pixels = tf.image.decode_and_crop_jpeg(image, window, channels=3)
   else:
@@ -147,16 +147,18 @@ def train_example(settings: DataSettings, source: DataSource) -> Callable:
   n_large = settings.num_large_crops
 
   def example(step, epoch, index, image, label):
-    u = view_uniforms(example_key(settings.seed, STREAM_TRAIN, epoch, index),
-                      n_large + settings.num_small_crops)
+    key = example_key(settings.seed, STREAM_TRAIN, epoch, index)
+    draws = view_draws(key, n_large + settings.num_small_crops)
     online = tf.cast(step % 2, tf.int32)  # Even steps: online = A (0).
-    online_u, target_u = tf.gather(u, online), tf.gather(u, 1 - online)
+    online_draws = tf.gather(draws, online)
+    target_draws = tf.gather(draws, 1 - online)
     pixels = _decode(source, image)
-    large = lambda u: crop_views(settings, pixels, u[:n_large],
-                                 settings.image_size, settings.large_scale)
+    large = lambda draws: crop_views(settings, pixels, draws[:n_large],
+                                     settings.image_size,
+                                     settings.large_scale)
     return dict(
-        online_large=large(online_u), target_large=large(target_u),
-        online_small=crop_views(settings, pixels, online_u[n_large:],
+        online_large=large(online_draws), target_large=large(target_draws),
+        online_small=crop_views(settings, pixels, online_draws[n_large:],
                                 settings.small_image_size,
                                 settings.small_scale),
         index=tf.cast(index, tf.int32), epoch=tf.cast(epoch, tf.int32),
@@ -210,8 +212,8 @@ def build_bank_fill_dataset(settings: DataSettings, source: DataSource,
 
   def per_example(read, image):
     key = example_key(settings.seed, STREAM_BANK, 0, read)
-    u = view_uniforms(key, settings.num_large_crops)[0]
-    return dict(large=crop_views(settings, _decode(source, image), u,
+    draws = view_draws(key, settings.num_large_crops)[0]
+    return dict(large=crop_views(settings, _decode(source, image), draws,
                                  settings.image_size, settings.large_scale))
 
   return _padded_dataset(source, np.arange(len(source)), settings.batch_size,

@@ -28,6 +28,8 @@ _PRESETS = {
                      224 / 256),
 }
 DATASETS = tuple(_PRESETS)
+# Fields that configs saved by earlier versions may still carry.
+RETIRED_FIELDS = ('random_access', 'shuffle_buffer')
 
 
 def default_data_config(dataset: str = 'fashion_mnist'

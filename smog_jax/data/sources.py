@@ -146,11 +146,10 @@ def idx_files_available(idx_dir: str) -> bool:
 def build_fashion_mnist_from_idx(idx_dir: str, data_dir: str | None) -> str:
   """Writes a prepared tfds copy of fashion_mnist from local IDX files.
 
-  `tfds.builder('fashion_mnist', data_dir=data_dir)` then loads it like a
-  downloaded one (same name, version and features). Examples keep the IDX
-  order, so example `i` of a split is row `i` of its file. The copy is
-  written to a temporary sibling folder and renamed into place, so
-  concurrent processes cannot leave a half-written dataset behind.
+  tfds then loads it like a downloaded one (same name, version, features);
+  example `i` of a split is row `i` of its file. Written to a temporary
+  sibling folder and renamed into place, so that concurrent processes
+  cannot leave a half-written dataset behind.
 
   Args:
     idx_dir: folder with `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`.
@@ -224,7 +223,8 @@ def _not_found_message(settings: Location, cause: str) -> str:
     ways.append('(3) the IDX files, e.g. `apt-get install '
                 'dataset-fashion-mnist` (files in /usr/share/datasets/'
                 'fashion-mnist) or any folder set as config.data.'
-                f'fashion_mnist_idx_dir (now {settings.fashion_mnist_idx_dir!r})')
+                'fashion_mnist_idx_dir (now '
+                f'{settings.fashion_mnist_idx_dir!r})')
   return (f'Dataset {name!r} is not available ({cause}). Provide it in one '
           'of these ways: ' + '; '.join(ways) + '.')
 
@@ -287,6 +287,4 @@ def open_source(settings: DataSettings, split: str) -> DataSource:
 
 def num_examples(settings: DataSettings, split: str) -> int:
   """Examples of `split` (slices allowed)."""
-  if settings.dataset not in JPEG_DATASETS:
-    return len(load_numpy(settings, split)[1])
-  return len(JpegSource(settings, split))
+  return len(open_source(settings, split))

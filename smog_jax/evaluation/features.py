@@ -1,11 +1,10 @@
 """Frozen-backbone features, and in-memory arrays as evaluation batches.
 
 An evaluation batch is a dict of global arrays sharded over the mesh's
-`data` axis with `label i32[B]`, `index i32[B]` and `mask bool[B]` (False on
-the padding of the last batch) besides its inputs (`image f32[B, S, S, C]`
-from `smog_jax.data.make_eval_iterator`). The backbone runs in inference
-mode under `jax.jit`; features stay sharded until they are gathered to
-every host, where padding rows are dropped, so each example appears once.
+`data` axis: its inputs (`image f32[B, S, S, C]` from
+`smog_jax.data.make_eval_iterator`), `label i32[B]`, `index i32[B]` and
+`mask bool[B]` (False on the padding of the last batch). Features stay
+sharded until gathered to every host, where padding rows are dropped.
 """
 
 from __future__ import annotations
@@ -108,7 +107,7 @@ def array_batches(arrays: Mapping[str, np.ndarray], order: np.ndarray,
   Yields:
     Dicts of `arrays`' keys plus `index` and `mask`, global and sharded.
   """
-  rows = sharding_lib.process_rows(mesh, batch_size)
+  rows = sharding_lib.process_rows(mesh, batch_size, 'eval_batch_size')
   for read, index, mask in indices.padded_indices(order, batch_size, *rows):
     batch = {k: np.asarray(v)[read] for k, v in arrays.items()}
     yield sharding_lib.shard_host_batch(

@@ -141,29 +141,6 @@ def knn_classify(train_features: np.ndarray | jax.Array,
   return np.asarray(jax.device_get(pred)).astype(np.int32)
 
 
-def knn_top1(train_features: np.ndarray | jax.Array,
-             train_labels: np.ndarray | jax.Array,
-             test_features: np.ndarray | jax.Array,
-             test_labels: np.ndarray | jax.Array,
-             num_classes: int, k: int = 20, temperature: float = 0.07,
-             *, mesh: Mesh | None = None,
-             chunk_size: int | None = None) -> float:
-  """Top-1 accuracy (fraction in [0, 1]) of the weighted kNN classifier.
-
-  Args and defaults as `knn_classify`; `test_labels` is `[T]`.
-
-  Returns:
-    The fraction of test rows whose predicted class equals their label.
-  """
-  test_labels = np.asarray(test_labels)
-  if test_labels.shape[0] == 0:
-    return float('nan')
-  pred = knn_classify(train_features, train_labels, test_features,
-                      num_classes, k, temperature, mesh=mesh,
-                      chunk_size=chunk_size)
-  return float(np.mean(pred[:, 0] == test_labels))
-
-
 def knn_accuracy(train_features: np.ndarray | jax.Array,
                  train_labels: np.ndarray | jax.Array,
                  test_features: np.ndarray | jax.Array,
@@ -171,11 +148,21 @@ def knn_accuracy(train_features: np.ndarray | jax.Array,
                  num_classes: int, k: int = 20, temperature: float = 0.07,
                  *, mesh: Mesh | None = None,
                  chunk_size: int | None = None) -> dict[str, float]:
-  """`{'top1', 'top5'}` accuracies (fractions) of the weighted kNN vote."""
+  """`{'top1', 'top5'}` accuracies (fractions; NaN without test rows).
+
+  Args as `knn_classify`; `test_labels` is `[T]`.
+  """
   test_labels = np.asarray(test_labels)
+  if test_labels.shape[0] == 0:
+    return dict(top1=float('nan'), top5=float('nan'))
   pred = knn_classify(train_features, train_labels, test_features,
                       num_classes, k, temperature, top=5, mesh=mesh,
                       chunk_size=chunk_size)
   hit = pred == test_labels[:, None]
   return dict(top1=float(np.mean(hit[:, 0])),
               top5=float(np.mean(hit.any(axis=1))))
+
+
+def knn_top1(*args, **kwargs) -> float:
+  """`knn_accuracy(...)['top1']`."""
+  return knn_accuracy(*args, **kwargs)['top1']

@@ -6,10 +6,9 @@ the probe needs no BatchNorm. Training is SGD with momentum, a cosine
 learning-rate decay to zero over all steps and weight decay on every head
 parameter (the torch `SGD(weight_decay=...)` of the reference).
 
-`train_probe` is the one training loop. Its batches hold either fixed
-features (`fit_linear`, the 'fast' protocol) or images that a frozen
-backbone turns into features inside the step (the 'linear' protocol, see
-`smog_jax.evaluation.evaluators`).
+`train_probe` is the one training loop: its batches hold fixed features
+(`fit_linear`, 'fast') or images a frozen backbone turns into features
+inside the step ('linear', `smog_jax.evaluation.evaluators.Linear`).
 """
 
 from __future__ import annotations
@@ -174,7 +173,7 @@ def train_probe(state: ProbeState, tx: optax.GradientTransformation,
 
   Args:
     state: the head, replicated over `mesh`.
-    tx: its optimiser; `schedule` its learning rate (logged).
+    tx: its optimiser.
     schedule: the learning rate of `tx`, for the logs.
     epoch_batches: `epoch -> batches` with `label`, `mask` and `features`
       (no backbone) or `image` (with `backbone`), global and sharded.

@@ -1,16 +1,11 @@
 """The linear-evaluation / kNN run behind `python -m smog_jax.linear_eval`.
 
-Modes (`config.mode`):
-  'linear': the reference protocol. The frozen backbone (inference-mode BN)
-    runs on freshly augmented training crops (random resized crop + flip,
-    keyed by epoch) every step; the linear head is trained with SGD momentum,
-    cosine decay and weight decay; test images are centre-cropped. Checkpointed
-    every `checkpoint_every_epochs` into WORKDIR/checkpoints; a restarted run
-    resumes from the newest checkpoint.
-  'fast': features of the un-augmented training and test sets are extracted
-    once; the head is fitted on them (`evaluators.FastLinear`).
-  'knn': weighted kNN (k, temperature) on the same fixed features
-    (`evaluators.Knn`).
+Modes (`config.mode`), each an evaluator of `smog_jax.evaluation.evaluators`:
+  'linear': the reference protocol, the probe on freshly augmented crops
+    through the frozen backbone; checkpointed and resumable (`Linear`).
+  'fast': the probe on features of the un-augmented training set, extracted
+    once (`FastLinear`).
+  'knn': weighted kNN (k, temperature) on the same fixed features (`Knn`).
 
 `config.pretrained` selects the features: a pre-training workdir, an exported
 backbone directory, 'random' (config.model with random weights from
