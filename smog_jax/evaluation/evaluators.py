@@ -42,12 +42,12 @@ class Evaluator:
     self.data = settings_lib.resolve(config)
     self.num_classes = num_classes
 
-  def features(self, variables: Any, split: str, mode: str = 'test',
-               epoch: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`(features [N, F], labels [N])` of `split` on every host."""
+  def features(self, variables: Any, split: str
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """`(features [N, F], labels [N])` of `split`'s test crops, every host."""
     feats, labels = features_lib.extract_features(
-        self.backbone, variables, data_lib.make_eval_iterator(
-            self.config, self.mesh, split, mode, epoch), self.mesh)
+        self.backbone, variables,
+        data_lib.make_eval_iterator(self.config, self.mesh, split), self.mesh)
     if self.num_classes is not None and labels.size and (
         labels.min() < 0 or labels.max() >= self.num_classes):
       raise ValueError(f'{split} labels span [{labels.min()}, '
@@ -64,6 +64,7 @@ class Evaluator:
     return self.num_classes or int(max(y.max() for y in labels)) + 1
 
   def run(self, variables: Any) -> dict[str, Any]:
+    """The metrics of the backbone with `variables` (`{'params', ...}`)."""
     raise NotImplementedError
 
 
