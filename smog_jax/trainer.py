@@ -149,22 +149,13 @@ def _knn_due(config, epoch_done: int, plan: Plan, step: int) -> bool:
 
 def knn_monitor(config: ml_collections.ConfigDict, state, mesh) -> float:
   """Weighted kNN top-1 of the online backbone's features (train -> test)."""
-  from smog_jax import evaluation  # pylint: disable=g-import-not-at-top
-  backbone = models.build_backbone(config.model)
+  from smog_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
   variables = {'params': state.params['backbone'],
                'batch_stats': state.batch_stats['backbone']}
-  data_cfg = config.data
-  train_split = data_cfg.train_split
-  if data_cfg.get('train_slice'):
-    train_split = f'{train_split}[:{data_cfg.train_slice}]'
-  feats = {}
-  for name, split in (('train', train_split), ('test', data_cfg.eval_split)):
-    it = data_lib.make_eval_iterator(config, mesh, split, 'test')
-    feats[name] = evaluation.extract_features(backbone, variables, it, mesh)
-  num_classes = int(max(feats['train'][1].max(), feats['test'][1].max())) + 1
-  return evaluation.knn_top1(*feats['train'], *feats['test'], num_classes,
-                             k=config.knn_k, temperature=config.knn_temperature,
-                             mesh=mesh)
+  evaluator = evaluators.Knn(config, mesh, models.build_backbone(config.model),
+                             k=config.knn_k,
+                             temperature=config.knn_temperature)
+  return evaluator.run(variables)['top1']
 
 
 def build(config: ml_collections.ConfigDict, mesh, plan: Plan):
