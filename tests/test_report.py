@@ -6,23 +6,20 @@ import subprocess
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
+import eval_fixtures
 from smog_jax import checkpointing
 from smog_jax import models
 from smog_jax import report
 from smog_jax import train_state as train_state_lib
-from smog_jax.data import default_data_config
-from smog_jax.evaluation import fakes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURE = os.path.join(REPO, 'tests', 'data', 'fashion_mnist')
-NUM_ROWS, NUM_GROUPS, DIM = 64, 8, 16  # the fixture has 64 training images
-
-fakes.register_tiny_backbone()
+# The fixture has 64 training images; the `:tiny` config 2 heads x 8 groups
+# of dimension 16.
+NUM_ROWS, NUM_GROUPS, DIM = 64, 8, 16
 
 
 def _unit(x):
@@ -49,16 +46,10 @@ def _planted_bank():
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
   root = tmp_path_factory.mktemp('report')
-  data = default_data_config('fashion_mnist')
-  data.data_dir = str(root / 'tfds')
-  data.fashion_mnist_idx_dir = FIXTURE
-  data.download = False
-  config = ml_collections.ConfigDict(dict(
-      model=dict(backbone=fakes.TINY_BACKBONE, width=8, stem='cifar',
-                 dtype='float32', bn_momentum=0.9, projector_hidden_dim=16,
-                 predictor_hidden_dim=16, projection_dim=DIM,
-                 head_activation='relu'),
-      data=data, batch_size=16, seed=0))
+  config = eval_fixtures.use_fixture(
+      eval_fixtures.load_config('fashion_mnist', 'tiny'), str(root / 'tfds'))
+  assert (config.smog.num_groups, config.model.projection_dim) == (
+      NUM_GROUPS, DIM)
   state = train_state_lib.create_train_state(
       jax.random.key(0), models.build_network(config.model), optax.sgd(0.1),
       (28, 28, 1), num_heads=2, num_groups=NUM_GROUPS,
