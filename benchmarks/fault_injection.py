@@ -3,13 +3,14 @@
 Runs `smog_jax.main` on the `:tiny` config (committed Fashion-MNIST fixture,
 8 fake CPU devices, asynchronous checkpoints every 2 steps). One run goes
 through uninterrupted; another is SIGKILLed `--kills` times at seeded random
-moments, half of them right when an asynchronous checkpoint write is in flight
-(its temporary folder exists), and restarted after each kill. Then:
+points (during start-up, a few steps into training, or while an asynchronous
+checkpoint write is in flight) and restarted after each kill. Then:
   * the final state equals the uninterrupted one leaf by leaf;
   * metrics.jsonl holds every step exactly once;
   * every checkpoint left in the workdir restores.
-Prints each kill (when, the newest checkpoint then, whether a write was in
-flight) and the outcome; docs/reliability.md records a run.
+Prints each kill (where it aimed, the last logged step and the newest
+checkpoint then, whether a write was in flight) and the outcome;
+docs/reliability.md records a run.
 
   python3 benchmarks/fault_injection.py --kills 20
 """
@@ -74,16 +75,38 @@ def _checkpoints(workdir: str, since: float = 0.0
   return sorted(int(n) for n in names if n.isdigit()), writing
 
 
+def _last_logged_step(workdir: str) -> int:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  try:
+    return json.loads(lines[-1])['step'] if lines else 0
+  except json.JSONDecodeError:  # A line being written.
+    return 0
+
+
 def _kill_once(command, env, workdir, rng, log) -> dict:
-  """Starts a run and SIGKILLs it at a random moment; returns what it hit."""
+  """Starts a run and SIGKILLs it at a seeded random point; returns the hit.
+
+  The point is one of: a random moment of the start-up (imports, restore,
+  compile); a few steps into training; the next asynchronous checkpoint
+  write, while its temporary folder exists.
+  """
   started = time.time()
+  start_step = _last_logged_step(workdir)
   proc = subprocess.Popen(command, env=env, stdout=log,
                           stderr=subprocess.STDOUT)
-  during_write = rng.random() < 0.5
-  deadline = time.time() + rng.uniform(5.0, 60.0)
-  while proc.poll() is None and time.time() < deadline + 300:
-    steps, writing = _checkpoints(workdir, started)
-    if (writing if during_write else time.time() >= deadline):
+  point = rng.choice(('start-up', 'step', 'write'))
+  wait = rng.uniform(1.0, 8.0)
+  target = start_step + rng.randint(1, 4)
+  while proc.poll() is None and time.time() < started + 600:
+    if point == 'start-up' and time.time() >= started + wait:
+      break
+    if point == 'step' and _last_logged_step(workdir) >= target:
+      break
+    if point == 'write' and _checkpoints(workdir, started)[1]:
       break
     time.sleep(0.005)
   finished = proc.poll() is not None
@@ -91,8 +114,9 @@ def _kill_once(command, env, workdir, rng, log) -> dict:
   if not finished:
     proc.send_signal(signal.SIGKILL)
   proc.wait()
-  return dict(newest=steps[-1] if steps else None, in_flight=writing,
-              aimed_at_write=during_write, finished=finished)
+  return dict(point=point, newest=steps[-1] if steps else None,
+              logged=_last_logged_step(workdir), in_flight=writing,
+              finished=finished)
 
 
 def _same(a, b, rtol=1e-6, atol=1e-7) -> bool:
@@ -103,7 +127,7 @@ def _same(a, b, rtol=1e-6, atol=1e-7) -> bool:
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument('--kills', type=int, default=20)
-  parser.add_argument('--total_steps', type=int, default=24)
+  parser.add_argument('--total_steps', type=int, default=60)
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
   rng = random.Random(args.seed)
@@ -117,18 +141,14 @@ def main() -> None:
 
   print(f'{args.kills} kills of a {args.total_steps}-step run (seed '
         f'{args.seed}); logs in {root}')
-  print('kill  newest checkpoint  write in flight  aimed at a write')
-  kills = 0
-  while kills < args.kills:
+  print('kill  aimed at  last logged step  newest checkpoint  write in flight')
+  for kill in range(1, args.kills + 1):
     hit = _kill_once(command(killed), env, killed, rng, log)
     if hit['finished']:
-      print('      (the run finished before its kill; restarting afresh)')
-      for name in os.listdir(killed):
-        subprocess.run(['rm', '-rf', os.path.join(killed, name)], check=True)
-      continue
-    kills += 1
-    print(f'{kills:4d}  {str(hit["newest"]):>17}  {str(hit["in_flight"]):>15}'
-          f'  {str(hit["aimed_at_write"]):>16}')
+      raise SystemExit(f'The run finished before kill {kill}: raise '
+                       '--total_steps.')
+    print(f'{kill:4d}  {hit["point"]:>9}  {hit["logged"]:>16}  '
+          f'{str(hit["newest"]):>17}  {str(hit["in_flight"]):>15}')
   subprocess.run(command(killed), env=env, stdout=log,
                  stderr=subprocess.STDOUT, check=True)
 
