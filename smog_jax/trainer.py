@@ -195,7 +195,9 @@ def build(config: ml_collections.ConfigDict, mesh, plan: Plan):
   def create(rng):
     return train_state_lib.create_train_state(
         rng, network, tx, shape, config.smog.num_heads,
-        config.smog.num_groups, memory_bank_rows=plan.num_train_examples,
+        config.smog.num_groups,
+        memory_bank_rows=memory_bank.padded_rows(plan.num_train_examples,
+                                                 mesh.size),
         num_large_crops=d.num_large_crops)
 
   abstract = jax.eval_shape(create, jax.random.PRNGKey(config.seed))
@@ -230,7 +232,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   start = int(jax.device_get(state.step))
   step_fn = train.jit_train_step(network, tx, step_config, mesh, state)
-  regroup_fn = memory_bank.jit_regroup(config.smog.kmeans_iters, mesh, state)
+  regroup_fn = memory_bank.jit_regroup(
+      config.smog.kmeans_iters, plan.num_train_examples, mesh, state)
   writer = make_writer(workdir, start)
   if start == 0:
     writer.write_hparams(_flat(config.to_dict()))
