@@ -181,8 +181,13 @@ def knn_monitor(config: ml_collections.ConfigDict, state, mesh) -> float:
                              mesh=mesh)
 
 
-def build(config: ml_collections.ConfigDict, mesh, plan: Plan):
-  """(network, tx, step_config, initial state) for `config`."""
+def build(config: ml_collections.ConfigDict, mesh, plan: Plan,
+          materialize: bool = True):
+  """(network, tx, step_config, initial state) for `config`.
+
+  With `materialize=False` the state is abstract (`jax.ShapeDtypeStruct`s
+  with their shardings): enough to compile the programs, nothing allocated.
+  """
   network = models.build_network(config.model)
   sched = schedules.from_config(config, plan.total_steps, plan.steps_per_epoch)
   tx = optim.make_optimizer(config.optimizer, sched.learning_rate)
@@ -202,6 +207,10 @@ def build(config: ml_collections.ConfigDict, mesh, plan: Plan):
 
   abstract = jax.eval_shape(create, jax.random.PRNGKey(config.seed))
   shardings = train_state_lib.state_sharding(abstract, mesh)
+  if not materialize:
+    return network, tx, step_config, jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract, shardings)
   # Created directly with its shardings: the bank is never whole on one device.
   state = jax.jit(create, out_shardings=shardings)(
       jax.random.PRNGKey(config.seed))

@@ -233,3 +233,28 @@ def test_remat_keeps_parameters_and_gradients():
   assert jax.tree.structure(grads[0]) == jax.tree.structure(grads[1])
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5,
                                  atol=1e-6), grads[0], grads[1])
+
+
+def test_bfloat16_step_agrees_with_float32():
+  # bf16 compute, float32 parameters, BN statistics and SMoG math: one step
+  # from the same state and batch. Measured: loss 2e-3 and centroids 1.5e-3
+  # apart, while the step moves the centroids by 7e-2.
+  results = {}
+  for dtype in ('float32', 'bfloat16'):
+    cfg = fx.tiny_config()
+    cfg.model.dtype = dtype
+    network, tx, step_config, state = fx.build(cfg)
+    step = jax.jit(functools.partial(train.train_step, network=network, tx=tx,
+                                     config=step_config))
+    new, metrics = step(state, jax.tree.map(jnp.asarray, fx.batch()))
+    floats = [x.dtype for x in jax.tree.leaves(
+        (new.params, new.batch_stats, new.target_params, new.opt_state,
+         new.centroids)) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert set(floats) == {np.dtype('float32')}
+    results[dtype] = (float(metrics['loss']), np.asarray(new.centroids))
+  (loss32, c32), (loss16, c16) = results['float32'], results['bfloat16']
+  assert loss16 != loss32  # bf16 really computed
+  np.testing.assert_allclose(loss16, loss32, rtol=1e-2)
+  np.testing.assert_allclose(c16, c32, atol=1e-2)
+  moved = np.abs(c32 - np.asarray(state.centroids)).max()
+  assert moved > 3e-2

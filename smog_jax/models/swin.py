@@ -97,7 +97,7 @@ class WindowAttention(nn.Module):
   @nn.compact
   def __call__(self, windows: jax.Array, window: int, mask: np.ndarray
                ) -> jax.Array:
-    table = self.param('relative_position_table', tfm.trunc_normal,
+    table = self.param(tfm.RELATIVE_POSITION_TABLE, tfm.trunc_normal,
                        ((2 * self.table_window - 1)**2, self.num_heads))
     index = relative_position_index(window, self.table_window)
     bias = jnp.moveaxis(table[index], -1, 0)  # [heads, T, T]

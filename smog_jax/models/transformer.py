@@ -19,6 +19,13 @@ import jax.numpy as jnp
 
 DROPOUT_RNG = 'dropout'
 
+# Parameters that are tables rather than weights: like biases and norms, they
+# get no weight decay (smog_jax/optim.py), as in the Swin and DeiT recipes.
+POSITION_EMBEDDING = 'position_embedding'
+CLASS_TOKEN = 'class_token'
+RELATIVE_POSITION_TABLE = 'relative_position_table'
+NO_WEIGHT_DECAY = (POSITION_EMBEDDING, CLASS_TOKEN, RELATIVE_POSITION_TABLE)
+
 # ViT and Swin initialise weights and tables from N(0, 0.02) truncated at 2
 # standard deviations (in units of the standard deviation).
 trunc_normal = nn.initializers.truncated_normal(0.02)

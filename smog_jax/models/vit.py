@@ -77,12 +77,12 @@ class VisionTransformer(nn.Module):
                 dtype=self.dtype, name='patch_embedding')(x.astype(self.dtype))
     batch, h, w, dim = x.shape
     grid = self.base_image_size // p
-    pos = self.param('position_embedding', tfm.trunc_normal,
+    pos = self.param(tfm.POSITION_EMBEDDING, tfm.trunc_normal,
                      (1 + grid * grid, dim))
     pos_cls, pos_grid = pos[:1], pos[1:].reshape(grid, grid, dim)
     if (h, w) != (grid, grid):
       pos_grid = jax.image.resize(pos_grid, (h, w, dim), 'bicubic')
-    cls = self.param('class_token', nn.initializers.zeros, (1, dim))
+    cls = self.param(tfm.CLASS_TOKEN, nn.initializers.zeros, (1, dim))
     tokens = jnp.concatenate([
         jnp.broadcast_to(cls + pos_cls, (batch, 1, dim)).astype(self.dtype),
         (x + pos_grid.astype(self.dtype)).reshape(batch, h * w, dim)], axis=1)
