@@ -16,7 +16,6 @@ devices are `--devices` fake host devices.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -44,15 +43,6 @@ def _parse():
   return p.parse_args()
 
 
-def _load(name, variant):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(CONFIGS, f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config() if variant is None else module.get_config(
-      variant)
-
-
 def main():
   args = _parse()
   if os.environ.get('JAX_PLATFORMS', 'cpu') == 'cpu':
@@ -73,7 +63,9 @@ def main():
   for model in args.models.split(','):
     for per_device in (int(b) for b in args.batches.split(',')):
       for remat in (bool(int(r)) for r in args.remat.split(',')):
-        config = _load(*RECIPES[model])
+        name, variant = RECIPES[model]
+        config = dry_run.load_config(os.path.join(CONFIGS, f'{name}.py'),
+                                     variant)
         config.batch_size = per_device * mesh.size
         config.model.dtype = args.dtype
         config.model.remat = remat

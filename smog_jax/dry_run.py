@@ -8,6 +8,9 @@ read from XLA's memory analysis, on any mesh, e.g. 8 fake CPU devices.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -17,6 +20,17 @@ from smog_jax import memory_bank
 from smog_jax import sharding as sharding_lib
 from smog_jax import train
 from smog_jax import trainer
+
+
+def load_config(path: str, variant: str | None = None
+                ) -> ml_collections.ConfigDict:
+  """`get_config(variant)` of the config file at `path` (None: no argument)."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config() if variant is None else module.get_config(
+      variant)
 
 
 def abstract_batches(config: ml_collections.ConfigDict, mesh: Mesh
