@@ -223,16 +223,18 @@ def test_target_network_runs_without_drop_path():
 
 
 def test_remat_keeps_parameters_and_gradients():
-  cfg = _model_config('swin', **TINY_BACKBONES['swin'])
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  # Same parameter names (a checkpoint loads either way) and gradients.
+  cfg = fx.tiny_config().model
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
   grads = []
   for remat in (False, True):
     cfg.remat = remat
     module = models.build_backbone(cfg)
     variables = jax.jit(functools.partial(module.init, train=False))(
         jax.random.PRNGKey(0), x)
-    grads.append(jax.jit(jax.grad(
-        lambda v: jnp.sum(module.apply(v, x) ** 2)))(variables))
+    loss = lambda p, v=variables, m=module: jnp.sum(m.apply(
+        dict(v, params=p), x, mutable=['batch_stats'])[0] ** 2)
+    grads.append(jax.jit(jax.grad(loss))(variables['params']))
   assert jax.tree.structure(grads[0]) == jax.tree.structure(grads[1])
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5,
                                  atol=1e-6), grads[0], grads[1])
