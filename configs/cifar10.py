@@ -36,7 +36,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       backbone='resnet18', width=1.0, stem='cifar', stage_sizes=(),
       block='basic', projector_hidden_dim=2048, predictor_hidden_dim=2048,
       projection_dim=128, head_activation='relu', dtype='float32',
-      bn_momentum=0.9))
+      bn_momentum=0.9, remat=False))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name='lars', start_lr=0.01 * 512 / 4096, peak_lr=4.8 * 512 / 4096,

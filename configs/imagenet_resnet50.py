@@ -7,6 +7,9 @@
 3 heads x 3000 groups of dimension 128, tau 0.1, SGD momentum 0.9 in LARS
 (trust 0.001, no clipping), lr warm-up 10 epochs 0.01 -> 4.8 then cosine to
 0.0048, weight decay 1e-6, target EMA 0.999, group momentum 1.0 -> 0.99.
+Computes in bfloat16 (float32 parameters, BN statistics and SMoG math);
+`--config.model.dtype=float32` for full precision, `--config.model.remat=True`
+to trade compute for activation memory (docs/benchmarks.md).
 Expected linear top-1 (the paper, reference code): 76.6 % (ResNet-50),
 78.3 % (variant `:w2`, ResNet-50w2). Not yet reproduced by this project.
 """
@@ -38,8 +41,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       backbone='resnet50', width=1.0, stem='imagenet', stage_sizes=(),
       block='bottleneck', projector_hidden_dim=2048, predictor_hidden_dim=2048,
-      projection_dim=128, head_activation='relu', dtype='float32',
-      bn_momentum=0.9))
+      projection_dim=128, head_activation='relu', dtype='bfloat16',
+      bn_momentum=0.9, remat=False))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name='lars', start_lr=0.01, peak_lr=4.8, end_lr=0.0048,

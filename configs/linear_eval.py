@@ -1,6 +1,8 @@
 """Linear evaluation / kNN configs: `configs/linear_eval.py:VARIANT`.
 
-Variants: imagenet2012, cifar10, cifar100, fashion_mnist, fashion_mnist_tiny.
+Variants: imagenet2012 (ResNet protocol), imagenet2012_swin_t,
+imagenet2012_vit_s16, imagenet2012_vit_b16 (transformer protocol: lr 0.1,
+wd 0, 150 epochs), cifar10, cifar100, fashion_mnist, fashion_mnist_tiny.
 
 Fields:
   mode: 'linear' (frozen backbone on augmented crops every epoch; the
@@ -33,22 +35,30 @@ import ml_collections
 
 from smog_jax.data import default_data_config
 
-_VARIANTS = ('imagenet2012', 'cifar10', 'cifar100', 'fashion_mnist',
-             'fashion_mnist_tiny')
+_TRANSFORMERS = {
+    'imagenet2012_swin_t': dict(backbone='swin_t'),
+    'imagenet2012_vit_s16': dict(backbone='vit_s16', pooling='cls',
+                                 base_image_size=224),
+    'imagenet2012_vit_b16': dict(backbone='vit_b16', pooling='cls',
+                                 base_image_size=224),
+}
+_VARIANTS = ('imagenet2012', *_TRANSFORMERS, 'cifar10', 'cifar100',
+             'fashion_mnist', 'fashion_mnist_tiny')
 
 
 def _model(backbone: str, stem: str, width: float = 1.0, **kwargs
            ) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       backbone=backbone, width=width, stem=stem, dtype='float32',
-      bn_momentum=0.9, **kwargs))
+      bn_momentum=0.9, remat=False, **kwargs))
 
 
 def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:
   """The config of `variant` (one of `_VARIANTS`)."""
   if variant not in _VARIANTS:
     raise ValueError(f'Unknown variant {variant!r}; choose one of {_VARIANTS}.')
-  dataset = 'fashion_mnist' if variant.startswith('fashion_mnist') else variant
+  dataset = variant.split('_')[0] if variant.startswith('imagenet') else (
+      'fashion_mnist' if variant.startswith('fashion_mnist') else variant)
   c = ml_collections.ConfigDict()
   c.mode = 'linear'
   c.pretrained = ''
@@ -70,6 +80,13 @@ def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:
   if variant == 'imagenet2012':
     c.model = _model('resnet50', 'imagenet')
     c.data.eval_batch_size = 1024
+  elif variant in _TRANSFORMERS:
+    # The reference's transformer protocol: SGD lr 0.1, wd 0, 150 epochs.
+    c.model = ml_collections.ConfigDict(dict(
+        dtype='float32', drop_path_rate=0.0, remat=False,
+        **_TRANSFORMERS[variant]))
+    c.data.eval_batch_size = 1024
+    c.linear.update(dict(epochs=150, learning_rate=0.1, weight_decay=0.0))
   elif variant in ('cifar10', 'cifar100'):
     c.model = _model('resnet18', 'cifar')
   elif variant == 'fashion_mnist':

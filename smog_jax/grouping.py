@@ -127,17 +127,23 @@ def _kmeans_chunk_rows(num_rows: int, num_groups: int,
   return max(num_shards, -(-rows // num_shards) * num_shards)
 
 
-@functools.partial(jax.jit, static_argnames=('num_groups', 'num_iters'))
+@functools.partial(jax.jit,
+                   static_argnames=('num_groups', 'num_iters', 'num_valid'))
 def kmeans(
     features: jax.Array,
     num_groups: int,
     num_iters: int,
     rng: jax.Array,
+    num_valid: int | None = None,
 ) -> jax.Array:
   """Spherical k-means, exactly the spec's regrouping.
 
-  Initialised from `num_groups` distinct random rows; each iteration assigns
-  every row to its nearest centroid and applies `momentum_update` with
+  Only the first `num_valid` rows are data: the rest pad a sharded memory bank
+  to a multiple of the device count and are neither drawn as initial
+  centroids nor counted in any mean.
+
+  Initialised from `num_groups` distinct random valid rows; each iteration
+  assigns every row to its nearest centroid and applies `momentum_update` with
   momentum 0 (mean of the assigned rows, re-normalised; empty groups keep
   their centroid).
 
@@ -153,17 +159,23 @@ def kmeans(
     num_iters: number of assign-and-update iterations (static); 0 returns the
       initial rows.
     rng: PRNG key for the initial rows.
+    num_valid: number of leading rows that are data (static); None = all.
 
   Returns:
     `[K, D]` unit-norm centroids.
   """
   num_rows, dim = features.shape
-  if num_groups > num_rows:
+  num_valid = num_rows if num_valid is None else num_valid
+  if not 0 < num_valid <= num_rows:
+    raise ValueError(
+        f'kmeans got num_valid={num_valid} for {num_rows} rows; it counts the '
+        'leading data rows and must lie in [1, rows].')
+  if num_groups > num_valid:
     raise ValueError(
         f'kmeans needs at least num_groups={num_groups} rows to draw distinct '
-        f'initial centroids, got {num_rows}; lower num_groups or pass more '
+        f'initial centroids, got {num_valid}; lower num_groups or pass more '
         'features.')
-  init_rows = jax.random.choice(rng, num_rows, (num_groups,), replace=False)
+  init_rows = jax.random.choice(rng, num_valid, (num_groups,), replace=False)
   centroids = l2_normalize(features[init_rows])
   if num_iters == 0:
     return centroids
@@ -173,7 +185,7 @@ def kmeans(
   chunk = _kmeans_chunk_rows(num_rows, num_groups, num_shards)
   num_chunks = -(-num_rows // chunk)
   padded = num_chunks * chunk
-  weights = jnp.ones((num_rows,), features.dtype)
+  weights = (jnp.arange(num_rows) < num_valid).astype(features.dtype)
   if padded != num_rows:
     features = jnp.pad(features, ((0, padded - num_rows), (0, 0)))
     weights = jnp.pad(weights, (0, padded - num_rows))

@@ -1,9 +1,13 @@
 """Memory bank and regrouping (spec: "Regrouping (re-clustering)").
 
-The bank `[n_large, N, D]` lives in the train state, split over devices along
-the example axis. The train step overwrites the rows of its batch with the
-online projections of the large crops; before training, one forward pass over
-the data set fills it (`fill_bank_step`). At every epoch start, `regroup`
+The bank `[n_large, N_pad, D]` lives in the train state, split over devices
+along the example axis. N_pad is the number of training examples N rounded up
+to a multiple of `BANK_ROW_MULTIPLE` and of the device count (`padded_rows`),
+so that any N shards and a checkpoint resumes on another device count; rows
+N.. are padding: never written, and ignored by k-means. The train step
+overwrites the rows of its batch with the online projections of the large
+crops; before training, one forward pass over the data set fills it
+(`fill_bank_step`). At every epoch start, `regroup`
 replaces each head's centroids by spherical k-means on one of the banks and
 resets the target network to the online one. Both run on device, jitted.
 """
@@ -11,6 +15,7 @@ resets the target network to the online one. Both run on device, jitted.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable
 
 import jax
@@ -24,6 +29,19 @@ from smog_jax.models.heads import SMoGNetwork
 from smog_jax.train_state import TrainState, state_sharding, target_copy
 
 
+# Bank rows are a multiple of this and of the device count: the same rows on
+# 1, 2, 3, 4, 6, 8, ... 1024, 1536, 3072 devices, so a checkpoint resumes on
+# another device count.
+BANK_ROW_MULTIPLE = 3072
+
+
+def padded_rows(num_examples: int, num_shards: int) -> int:
+  """Bank rows: `num_examples` rounded up to a multiple of both
+  `BANK_ROW_MULTIPLE` and `num_shards`."""
+  multiple = math.lcm(BANK_ROW_MULTIPLE, num_shards)
+  return -(-num_examples // multiple) * multiple
+
+
 def fill_bank_step(state: TrainState, batch: dict[str, jax.Array], *,
                    network: SMoGNetwork, spec: augment.AugmentSpec
                    ) -> TrainState:
@@ -32,7 +50,9 @@ def fill_bank_step(state: TrainState, batch: dict[str, jax.Array], *,
   The uint8 crops get pipeline A's augmentation, keyed by the bank stream.
   BatchNorm uses the batch statistics, as in the train step, but the running
   statistics are left untouched: filling the bank is not training. Padding
-  rows carry an out-of-range index and are dropped by the scatter.
+  rows of the batch (`mask` False) are sent to an out-of-range index and
+  dropped by the scatter: their reported index, N, is a real row of a padded
+  bank.
   """
   index = batch['index']
   images = augment.augment_views(
@@ -45,13 +65,16 @@ def fill_bank_step(state: TrainState, batch: dict[str, jax.Array], *,
       with_predictor=False, mutable=['batch_stats'])
   z = grouping.l2_normalize(out['projection'])
   z = jnp.swapaxes(z.reshape(-1, num_crops, z.shape[-1]), 0, 1)
+  index = jnp.where(batch['mask'], index, state.memory_bank.shape[1])
   bank = state.memory_bank.at[:, index].set(z, mode='drop')
   return state.replace(memory_bank=bank)
 
 
-def regroup(state: TrainState, epoch: jax.Array, *, num_iters: int
-            ) -> TrainState:
+def regroup(state: TrainState, epoch: jax.Array, *, num_iters: int,
+            num_examples: int) -> TrainState:
   """k-means on the bank for every head, then target <- online.
+
+  Only the first `num_examples` bank rows (the data set) are clustered.
 
   Head h clusters bank `(h + epoch) mod n_large`: the banks alternate between
   heads and between epochs. The k-means key is `fold_in(rng, epoch, h)`, so a
@@ -65,7 +88,8 @@ def regroup(state: TrainState, epoch: jax.Array, *, num_iters: int
     bank = jax.lax.dynamic_index_in_dim(
         state.memory_bank, (h + epoch) % num_banks, 0, keepdims=False)
     centroids.append(grouping.kmeans(bank, num_groups, num_iters,
-                                     jax.random.fold_in(epoch_key, h)))
+                                     jax.random.fold_in(epoch_key, h),
+                                     num_valid=num_examples))
   return state.replace(
       centroids=jnp.stack(centroids),
       target_params=target_copy(state.params),
@@ -81,9 +105,11 @@ def jit_fill_bank_step(network: SMoGNetwork, spec: augment.AugmentSpec,
                  out_shardings=shardings, donate_argnums=(0,))
 
 
-def jit_regroup(num_iters: int, mesh: Mesh, state: TrainState
+def jit_regroup(num_iters: int, num_examples: int, mesh: Mesh,
+                state: TrainState
                 ) -> Callable[[TrainState, jax.Array], TrainState]:
   shardings = state_sharding(state, mesh)
-  return jax.jit(functools.partial(regroup, num_iters=num_iters),
+  return jax.jit(functools.partial(regroup, num_iters=num_iters,
+                                   num_examples=num_examples),
                  in_shardings=(shardings, sharding_lib.replicated(mesh)),
                  out_shardings=shardings, donate_argnums=(0,))

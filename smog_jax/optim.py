@@ -8,12 +8,17 @@ import jax
 import ml_collections
 import optax
 
+from smog_jax.models.transformer import NO_WEIGHT_DECAY
+
 OPTIMIZERS = ('lars', 'adamw', 'sgd')
 
 
 def _is_matrix(params: Any) -> Any:
-  """True for kernels (ndim > 1); False for biases and BN scales/offsets."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """True for weight matrices and kernels; False for 1-D parameters (biases,
+  BN and LayerNorm scales/offsets) and position tables (ViT, Swin)."""
+  def decayed(path, p):
+    return p.ndim > 1 and getattr(path[-1], 'key', None) not in NO_WEIGHT_DECAY
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(opt: ml_collections.ConfigDict,
@@ -24,7 +29,8 @@ def make_optimizer(opt: ml_collections.ConfigDict,
     opt: `config.optimizer` with `name` in {'lars', 'adamw', 'sgd'},
       `weight_decay`, `momentum`, `trust_coefficient` (LARS), `b1`, `b2`,
       `eps` (AdamW), `grad_clip_norm` (0 = none) and `exclude_1d_from_decay`
-      (no weight decay, and for LARS no trust ratio, on biases and BN params).
+      (no weight decay, and for LARS no trust ratio, on biases, norms and
+      position tables).
     learning_rate: the schedule.
 
   Returns:

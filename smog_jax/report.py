@@ -41,6 +41,7 @@ from PIL import Image
 
 from smog_jax import checkpointing
 from smog_jax import grouping
+from smog_jax import data as data_lib
 from smog_jax.data import settings as data_settings
 from smog_jax.data import sources
 from smog_jax.trainer import METRICS_FILE
@@ -100,8 +101,11 @@ def load_run(workdir: str) -> RunData:
   if tree.get('memory_bank') is None:
     raise ValueError(f'The checkpoint of {workdir!r} (step {step}) has no '
                      'memory bank: pass the workdir of a smog_jax.main run.')
+  # Rows past the data set pad the bank to shard it (memory_bank.padded_rows).
+  num_examples = data_lib.num_train_examples(config)
   return RunData(config=config, step=step,
-                 memory_bank=np.asarray(tree['memory_bank'], np.float32),
+                 memory_bank=np.asarray(
+                     tree['memory_bank'][:, :num_examples], np.float32),
                  centroids=np.asarray(tree['centroids'], np.float32),
                  metrics=read_metrics(workdir))
 

@@ -26,11 +26,16 @@ from smog_jax import augment
 from smog_jax import grouping
 from smog_jax import sharding as sharding_lib
 from smog_jax.models.heads import SMoGNetwork
+from smog_jax.models.transformer import DROPOUT_RNG
 from smog_jax.schedules import Schedules
 from smog_jax.train_state import TrainState, state_sharding, target_subtree
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+
+# Folded into the state's rng for the step's drop-path key, apart from the
+# regrouping keys (which fold in the epoch, then the head).
+_DROPOUT_STREAM = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +129,11 @@ def train_step(
       lambda c: jax.vmap(lambda z: grouping.assign(z, c))(target_z))(
           old_centroids)
 
+  # Stochastic depth (ViT, Swin) runs on the online network only: its applies
+  # get a 'dropout' rng, the target's above none (drop path 0 on the target).
+  dropout_key = jax.random.fold_in(
+      jax.random.fold_in(state.rng, _DROPOUT_STREAM), step)
+
   def loss_fn(params):
     # Online branch. BatchNorm normalises each resolution over its own crops
     # (the large crops together, the small crops together): an approximation
@@ -132,13 +142,16 @@ def train_step(
     # evaluated at.
     large_out, online_vars = network.apply(
         {'params': params, 'batch_stats': state.batch_stats},
-        _merge_crops(views['online_large']), train=True, mutable=['batch_stats'])
+        _merge_crops(views['online_large']), train=True,
+        mutable=['batch_stats'],
+        rngs={DROPOUT_RNG: jax.random.fold_in(dropout_key, 0)})
     predictions = [_split_crops(large_out['prediction'], num_large)]
     if num_small:
       small_out, _ = network.apply(
           {'params': params, 'batch_stats': state.batch_stats},
           _merge_crops(views['online_small']), train=True,
-          mutable=['batch_stats'])
+          mutable=['batch_stats'],
+          rngs={DROPOUT_RNG: jax.random.fold_in(dropout_key, 1)})
       predictions.append(_split_crops(small_out['prediction'], num_small))
     p = grouping.l2_normalize(jnp.concatenate(predictions, axis=0))  # [V,B,D]
     z_large = grouping.l2_normalize(

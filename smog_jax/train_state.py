@@ -37,8 +37,9 @@ class TrainState:
     opt_state: optimiser state of the online parameters.
     centroids: `[H, K, D]` unit-norm group features, one set per head.
     rng: base PRNG key; a step uses `fold_in(rng, step)`.
-    memory_bank: `[n_large, N, D]` online projections of the large crops of
-      every training example (row = example index), or None before the
+    memory_bank: `[n_large, N_pad, D]` online projections of the large crops
+      of every training example (row = example index; rows from N on pad the
+      bank to a multiple of the device count), or None before the
       pre-training loop allocates it.
   """
   step: jax.Array
@@ -90,8 +91,9 @@ def create_train_state(
     image_shape: (H, W, C) of a large crop.
     num_heads: H.
     num_groups: K.
-    memory_bank_rows: N, the number of training examples, to allocate a
-      zero memory bank; None for no bank.
+    memory_bank_rows: rows of the zero memory bank to allocate: the number
+      of training examples, padded to a multiple of the device count
+      (`memory_bank.padded_rows`); None for no bank.
     num_large_crops: banks (one per large crop).
 
   Returns:

@@ -158,8 +158,13 @@ def knn_monitor(config: ml_collections.ConfigDict, state, mesh) -> float:
   return evaluator.run(variables)['top1']
 
 
-def build(config: ml_collections.ConfigDict, mesh, plan: Plan):
-  """(network, tx, step_config, initial state) for `config`."""
+def build(config: ml_collections.ConfigDict, mesh, plan: Plan,
+          materialize: bool = True):
+  """(network, tx, step_config, initial state) for `config`.
+
+  With `materialize=False` the state is abstract (`jax.ShapeDtypeStruct`s
+  with their shardings): enough to compile the programs, nothing allocated.
+  """
   network = models.build_network(config.model)
   sched = schedules.from_config(config, plan.total_steps, plan.steps_per_epoch)
   tx = optim.make_optimizer(config.optimizer, sched.learning_rate)
@@ -173,11 +178,17 @@ def build(config: ml_collections.ConfigDict, mesh, plan: Plan):
   def create(rng):
     return train_state_lib.create_train_state(
         rng, network, tx, shape, config.smog.num_heads,
-        config.smog.num_groups, memory_bank_rows=plan.num_train_examples,
+        config.smog.num_groups,
+        memory_bank_rows=memory_bank.padded_rows(plan.num_train_examples,
+                                                 mesh.size),
         num_large_crops=d.num_large_crops)
 
   abstract = jax.eval_shape(create, jax.random.PRNGKey(config.seed))
   shardings = train_state_lib.state_sharding(abstract, mesh)
+  if not materialize:
+    return network, tx, step_config, jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract, shardings)
   # Created directly with its shardings: the bank is never whole on one device.
   state = jax.jit(create, out_shardings=shardings)(
       jax.random.PRNGKey(config.seed))
@@ -208,7 +219,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   start = int(jax.device_get(state.step))
   step_fn = train.jit_train_step(network, tx, step_config, mesh, state)
-  regroup_fn = memory_bank.jit_regroup(config.smog.kmeans_iters, mesh, state)
+  regroup_fn = memory_bank.jit_regroup(
+      config.smog.kmeans_iters, plan.num_train_examples, mesh, state)
   writer = MetricsWriter(workdir, start)
   if start == 0:
     writer.write_hparams({

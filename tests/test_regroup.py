@@ -8,9 +8,6 @@ import step_fixtures as fx
 from smog_jax import augment, memory_bank, sharding
 from smog_jax.train_state import state_sharding
 
-ROWS = 24
-
-
 def _np(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
@@ -34,7 +31,7 @@ def _regrouped(epoch):
   before = _np(state)
   mesh = sharding.make_mesh(jax.devices()[:2])  # 2 devices: N = 6 splits.
   state = jax.device_put(state, state_sharding(state, mesh))
-  regroup = memory_bank.jit_regroup(3, mesh, state)
+  regroup = memory_bank.jit_regroup(3, fx.NUM_GROUPS, mesh, state)
   return sets, before, _np(regroup(state, jnp.int32(epoch)))
 
 
@@ -65,10 +62,13 @@ def test_each_head_clusters_its_bank_and_the_target_is_reset():
 
 
 def test_bank_fill_writes_real_rows_drops_padding_keeps_statistics():
-  network, _, _, state = fx.build(bank_rows=ROWS, spec=fx.REFERENCE)
+  # 13 examples in a bank padded to 16 rows; the pass's last batch has 3
+  # padding rows reporting index 13, which is a real (padding) row of the
+  # bank: the fill must go by `mask`, not by the index being out of range.
+  network, _, _, state = fx.build(bank_rows=16, spec=fx.REFERENCE)
   batch = fx.batch(batch_size=16, seed=1)
-  real = 12  # The last batch of a pass: 4 padding rows with index N.
-  index = np.where(np.arange(16) < real, np.arange(16) + 3, ROWS)
+  real = 13
+  index = np.where(np.arange(16) < real, np.arange(16), real)
   batch = dict(large=batch['online_large'], index=index.astype(np.int32),
                mask=np.arange(16) < real)
   before = _np(state)
@@ -91,8 +91,7 @@ def test_bank_fill_writes_real_rows_drops_padding_keeps_statistics():
   rows = index[:real]
   np.testing.assert_allclose(after.memory_bank[:, rows],
                              np.swapaxes(z[:real], 0, 1), atol=2e-5)
-  untouched = np.setdiff1d(np.arange(ROWS), rows)
-  assert np.all(after.memory_bank[:, untouched] == 0)
+  assert np.all(after.memory_bank[:, real:] == 0)
   for a, b in zip(jax.tree.leaves(after.batch_stats),
                   jax.tree.leaves(before.batch_stats)):
     np.testing.assert_array_equal(a, b)

@@ -3,9 +3,18 @@
 `config.model` fields:
   backbone: 'resnet18' | 'resnet34' | 'resnet50' | 'resnet101' | 'resnet152',
     or 'resnet' with explicit `stage_sizes` (e.g. [1, 1]) and `block`
-    ('basic' | 'bottleneck') for tiny test and smoke-test networks.
+    ('basic' | 'bottleneck') for tiny test and smoke-test networks;
+    'vit_s16' | 'vit_b16', or 'vit' with explicit `patch_size`, `embed_dim`,
+    `depth`, `num_heads`; 'swin_t', or 'swin' with explicit `patch_size`,
+    `embed_dim`, `depths`, `num_heads`, `window`.
   width: channel multiplier of the backbone (1.0 = standard; 2.0 = 50w2).
   stem: 'imagenet' (224 px) or 'cifar' (28-32 px: 3x3 conv, no max-pool).
+  remat: rematerialise every residual block in the backward pass (saves
+    activation memory for one more forward pass of compute).
+  drop_path_rate: ViT / Swin stochastic depth of the last block (online
+    network only: the target network runs without drop path).
+  pooling: ViT features, 'cls' (class token) or 'mean' (patch tokens).
+  base_image_size: ViT, the image side the position table is learned for.
   projector_hidden_dim, predictor_hidden_dim: 2048 in the reference.
   projection_dim: 128 (ResNet) / 256 (Swin-T) in the reference.
   head_activation: 'relu' (ResNet) or 'gelu' (Swin-T).
@@ -17,6 +26,7 @@ whose `__call__(images, train)` returns pooled `[B, F]` features.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -25,11 +35,16 @@ import ml_collections
 
 from smog_jax.models.heads import MLPHead, SMoGNetwork
 from smog_jax.models.resnet import BasicBlock, BottleneckBlock, ResNet, resnet
+from smog_jax.models.swin import SWIN_SIZES, SwinTransformer
+from smog_jax.models.vit import VIT_SIZES, VisionTransformer
 
 
 def _resnet_kwargs(cfg: ml_collections.ConfigDict) -> dict:
+  # `remat` is read like the older fields: model configs saved before it
+  # existed (checkpoints, exports) build unchanged.
   return dict(width=cfg.get('width', 1.0), stem=cfg.get('stem', 'imagenet'),
-              dtype=_dtype(cfg), bn_momentum=cfg.get('bn_momentum', 0.9))
+              dtype=_dtype(cfg), bn_momentum=cfg.get('bn_momentum', 0.9),
+              remat=cfg.get('remat', False))
 
 
 def _resnet_factory(depth: int) -> Callable[[ml_collections.ConfigDict],
@@ -48,6 +63,34 @@ BACKBONES: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
     f'resnet{d}': _resnet_factory(d) for d in (18, 34, 50, 101, 152)
 }
 BACKBONES['resnet'] = _custom_resnet
+
+
+def _transformer_kwargs(cfg: ml_collections.ConfigDict) -> dict:
+  return dict(drop_path_rate=cfg.drop_path_rate, remat=cfg.remat,
+              dtype=_dtype(cfg))
+
+
+def _vit(cfg: ml_collections.ConfigDict, **size) -> nn.Module:
+  size = size or dict(patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
+                      depth=cfg.depth, num_heads=cfg.num_heads)
+  return VisionTransformer(pooling=cfg.pooling,
+                           base_image_size=cfg.base_image_size, **size,
+                           **_transformer_kwargs(cfg))
+
+
+def _swin(cfg: ml_collections.ConfigDict, **size) -> nn.Module:
+  size = size or dict(patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
+                      depths=tuple(cfg.depths),
+                      num_heads=tuple(cfg.num_heads), window=cfg.window)
+  return SwinTransformer(**size, **_transformer_kwargs(cfg))
+
+
+BACKBONES['vit'] = _vit
+BACKBONES['swin'] = _swin
+for _name, _size in VIT_SIZES.items():
+  BACKBONES[f'vit_{_name}'] = functools.partial(_vit, **_size)
+for _name, _size in SWIN_SIZES.items():
+  BACKBONES[f'swin_{_name}'] = functools.partial(_swin, **_size)
 
 _ACTIVATIONS = {'relu': nn.relu, 'gelu': nn.gelu}
 
@@ -77,5 +120,5 @@ def build_network(cfg: ml_collections.ConfigDict) -> SMoGNetwork:
                         output_norm=False, **common))
 
 
-__all__ = ['BACKBONES', 'MLPHead', 'ResNet', 'SMoGNetwork', 'build_backbone',
-           'build_network', 'resnet']
+__all__ = ['BACKBONES', 'MLPHead', 'ResNet', 'SMoGNetwork', 'SwinTransformer',
+           'VisionTransformer', 'build_backbone', 'build_network', 'resnet']

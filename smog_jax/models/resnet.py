@@ -84,6 +84,7 @@ class ResNet(nn.Module):
     stem: 'imagenet' or 'cifar'.
     dtype: computation dtype (parameters stay float32).
     bn_momentum: running-average decay of the BN statistics.
+    remat: rematerialise each block in the backward pass.
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -91,6 +92,7 @@ class ResNet(nn.Module):
   stem: str = 'imagenet'
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
+  remat: bool = False
 
   @property
   def num_features(self) -> int:
@@ -118,11 +120,16 @@ class ResNet(nn.Module):
     else:
       raise ValueError(f"Unknown ResNet stem {self.stem!r}; use 'imagenet' or "
                        "'cifar'.")
+    block_cls = nn.remat(self.block_cls) if self.remat else self.block_cls
+    # Explicit names: the auto-names of remat blocks would differ, and a
+    # checkpoint must load whether remat is on or off.
+    names = (f'{self.block_cls.__name__}_{k}'
+             for k in range(sum(self.stage_sizes)))
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = self.block_cls(base * 2**i, conv=conv, norm=norm, act=nn.relu,
-                           strides=strides)(x)
+        x = block_cls(base * 2**i, conv=conv, norm=norm, act=nn.relu,
+                      strides=strides, name=next(names))(x)
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 
