@@ -41,7 +41,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       backbone='resnet', stage_sizes=(1, 1, 1), width=0.25, stem='cifar',
       block='basic', projector_hidden_dim=512, predictor_hidden_dim=512,
       projection_dim=128, head_activation='relu', dtype='float32',
-      bn_momentum=0.9))
+      bn_momentum=0.9, zero_init_residual=True,
+      kernel_init='he_fan_out_normal'))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name='lars', start_lr=0.01, peak_lr=1.5, end_lr=0.0, warmup_epochs=0.3,

@@ -21,7 +21,8 @@ Fields:
     SGD with cosine decay to 0 over all steps.
   linear.standardize: standardise features with the training mean/std
     (in 'linear' mode estimated on `linear.standardize_batches` batches of
-    augmented crops before training, then frozen).
+    training images before training, then frozen: augmented crops, or the
+    un-augmented images if `linear.standardize_augmented` is False).
   knn.k, knn.temperature: weighted kNN (InstDisc/DINO weights exp(sim/T)).
   data: smog_jax.data fields (dataset, train_slice, eval_split,
     eval_batch_size = batch of feature extraction, ...).
@@ -65,7 +66,7 @@ def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:
   # wd 1e-6 (Swin-T: lr 0.1, wd 0, 150 epochs).
   c.linear = ml_collections.ConfigDict(dict(
       epochs=100, learning_rate=0.3, momentum=0.9, weight_decay=1e-6,
-      standardize=True, standardize_batches=20))
+      standardize=True, standardize_batches=20, standardize_augmented=True))
 
   if variant == 'imagenet2012':
     c.model = _model('resnet50', 'imagenet')
@@ -76,7 +77,8 @@ def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:
     # 60k small grey images: the head converges well before 100 epochs.
     # 'random' baseline = the architecture of configs/fashion_mnist.py.
     c.model = _model('resnet', 'cifar', width=0.25, stage_sizes=(1, 1, 1),
-                     block='basic')
+                     block='basic', zero_init_residual=True,
+                     kernel_init='he_fan_out_normal')
     c.linear.epochs = 30
   else:  # fashion_mnist_tiny: a seconds-on-CPU smoke test.
     c.mode = 'fast'
