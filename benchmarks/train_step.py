@@ -6,7 +6,11 @@ the same crops, network and optimiser:
   * `smog`: the real `train.train_step`;
   * `baseline`: online forward of the same crops + target forward + a loss that
     is a plain mean of the predictions (no grouping, no EMA).
-Prints milliseconds per step and the relative overhead.
+Prints milliseconds per step and the relative overhead, and the cost of the
+on-device photometric augmentation (smog_jax/augment.py) that both steps run on
+the same uint8 crops: the SMoG step with it against the same step whose views
+are only normalised (the augmentation patched out, for this measurement only),
+and the augmentation alone.
 
   python benchmarks/train_step.py --config configs/fashion_mnist.py
   python benchmarks/train_step.py --config configs/fashion_mnist.py \
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import time
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -25,14 +30,17 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from smog_jax import models, optim, schedules, sharding, train, train_state
+from smog_jax import augment, models, optim, schedules, sharding, train
+from smog_jax import train_state
+from smog_jax import data as data_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up).')
 
 
-def baseline_step(state, batch, *, network, tx):
+def baseline_step(state, batch, *, network, tx, spec):
   """Backbone + heads forward/backward and target forward, no SMoG math."""
+  batch = augment.train_views(batch, state.step, spec)
   target_out, _ = network.apply(
       {'params': state.target_params, 'batch_stats': state.target_batch_stats},
       train._merge_crops(batch['target_large']), train=True,
@@ -57,6 +65,15 @@ def baseline_step(state, batch, *, network, tx):
                            'loss': loss + target_mean}
 
 
+def _normalised_views(batch, step, spec):
+  """`augment.train_views` without the photometric ops: the "without" step."""
+  del step
+  scale = lambda x: ((x.astype(jnp.float32) / 255.0 - jnp.asarray(spec.mean)) /
+                     jnp.asarray(spec.std))
+  return {k: scale(batch[k]) for k in
+          ('online_large', 'online_small', 'target_large')}
+
+
 def _time(fn, state, batch, steps):
   for _ in range(2):
     state, m = fn(state, batch)
@@ -79,14 +96,15 @@ def main(argv):
   s, ss, c = d.image_size, d.small_image_size, d.channels
   b = config.batch_size
   rng = np.random.default_rng(0)
+  crops = lambda n, size: rng.integers(0, 256, (b, n, size, size, c), np.uint8)
   batch = dict(
-      online_large=rng.normal(size=(b, d.num_large_crops, s, s, c)),
-      online_small=rng.normal(size=(b, d.num_small_crops, ss, ss, c)),
-      target_large=rng.normal(size=(b, d.num_large_crops, s, s, c)),
-      index=np.arange(b), label=np.zeros(b))
-  batch = {k: v.astype(np.float32 if v.dtype == np.float64 else np.int32)
-           for k, v in batch.items()}
+      online_large=crops(d.num_large_crops, s),
+      online_small=crops(d.num_small_crops, ss),
+      target_large=crops(d.num_large_crops, s),
+      index=np.arange(b, dtype=np.int32), epoch=np.zeros(b, np.int32),
+      label=np.zeros(b, np.int32))
   batch = sharding.shard_host_batch(batch, mesh)
+  spec = data_lib.augment_spec(config)
 
   def fresh_state():
     st = train_state.create_train_state(
@@ -94,19 +112,27 @@ def main(argv):
         config.smog.num_groups)
     return jax.device_put(st, train_state.state_sharding(st, mesh))
 
-  step_config = train.StepConfig(sched, config.smog.temperature,
+  step_config = train.StepConfig(sched, spec, config.smog.temperature,
                                  config.smog.centroid_gradient)
   st = fresh_state()
   smog_fn = train.jit_train_step(network, tx, step_config, mesh, st)
   shard = train_state.state_sharding(st, mesh)
-  base_fn = jax.jit(functools.partial(baseline_step, network=network, tx=tx),
+  base_fn = jax.jit(functools.partial(baseline_step, network=network, tx=tx,
+                                      spec=spec),
                     in_shardings=(shard, sharding.data_sharded(mesh)),
                     out_shardings=(shard, sharding.replicated(mesh)),
                     donate_argnums=(0,))
   t_base, _ = _time(base_fn, fresh_state(), batch, _STEPS.value)
   t_smog, _ = _time(smog_fn, st, batch, _STEPS.value)
+  st = fresh_state()
+  with mock.patch.object(augment, 'train_views', _normalised_views):
+    plain_fn = train.jit_train_step(network, tx, step_config, mesh, st)
+    t_plain, _ = _time(plain_fn, st, batch, _STEPS.value)
   t_base2, _ = _time(base_fn, fresh_state(), batch, _STEPS.value)
   t_base = min(t_base, t_base2)
+  views_fn = jax.jit(lambda st, bt: (st, augment.train_views(bt, st.step, spec)),
+                     in_shardings=(shard, sharding.data_sharded(mesh)))
+  t_aug, _ = _time(views_fn, fresh_state(), batch, _STEPS.value)
   print(f'devices={jax.device_count()} ({jax.devices()[0].device_kind}) '
         f'batch={b} crops={d.num_large_crops}x{s}+{d.num_small_crops}x{ss} '
         f'heads={config.smog.num_heads} groups={config.smog.num_groups} '
@@ -114,6 +140,10 @@ def main(argv):
   print(f'baseline step: {1e3 * t_base:8.1f} ms   ({b / t_base:7.1f} img/s)')
   print(f'SMoG step:     {1e3 * t_smog:8.1f} ms   ({b / t_smog:7.1f} img/s)')
   print(f'SMoG overhead: {100 * (t_smog / t_base - 1):+.1f} %')
+  print(f'SMoG step without the device augmentation: {1e3 * t_plain:8.1f} ms '
+        f'({b / t_plain:7.1f} img/s); with it: {100 * (t_smog / t_plain - 1):+.1f} %')
+  print(f'device augmentation alone: {1e3 * t_aug:8.1f} ms = '
+        f'{100 * t_aug / t_smog:.1f} % of the SMoG step (which includes it)')
 
 
 if __name__ == '__main__':

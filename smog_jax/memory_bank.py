@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from smog_jax import augment
 from smog_jax import grouping
 from smog_jax import sharding as sharding_lib
 from smog_jax.models.heads import SMoGNetwork
@@ -24,14 +25,19 @@ from smog_jax.train_state import TrainState, state_sharding, target_copy
 
 
 def fill_bank_step(state: TrainState, batch: dict[str, jax.Array], *,
-                   network: SMoGNetwork) -> TrainState:
+                   network: SMoGNetwork, spec: augment.AugmentSpec
+                   ) -> TrainState:
   """Writes the online projections of `batch['large']` into the bank.
 
+  The uint8 crops get pipeline A's augmentation, keyed by the bank stream.
   BatchNorm uses the batch statistics, as in the train step, but the running
   statistics are left untouched: filling the bank is not training. Padding
   rows carry an out-of-range index and are dropped by the scatter.
   """
-  images = batch['large']
+  index = batch['index']
+  images = augment.augment_views(
+      batch['large'], spec, stream=augment.STREAM_BANK,
+      epoch=jnp.zeros_like(index), index=index, pipeline=0)
   num_crops = images.shape[1]
   out, _ = network.apply(
       {'params': state.params, 'batch_stats': state.batch_stats},
@@ -39,7 +45,7 @@ def fill_bank_step(state: TrainState, batch: dict[str, jax.Array], *,
       with_predictor=False, mutable=['batch_stats'])
   z = grouping.l2_normalize(out['projection'])
   z = jnp.swapaxes(z.reshape(-1, num_crops, z.shape[-1]), 0, 1)
-  bank = state.memory_bank.at[:, batch['index']].set(z, mode='drop')
+  bank = state.memory_bank.at[:, index].set(z, mode='drop')
   return state.replace(memory_bank=bank)
 
 
@@ -66,10 +72,11 @@ def regroup(state: TrainState, epoch: jax.Array, *, num_iters: int
       target_batch_stats=target_copy(state.batch_stats))
 
 
-def jit_fill_bank_step(network: SMoGNetwork, mesh: Mesh, state: TrainState
+def jit_fill_bank_step(network: SMoGNetwork, spec: augment.AugmentSpec,
+                       mesh: Mesh, state: TrainState
                        ) -> Callable[[TrainState, dict], TrainState]:
   shardings = state_sharding(state, mesh)
-  return jax.jit(functools.partial(fill_bank_step, network=network),
+  return jax.jit(functools.partial(fill_bank_step, network=network, spec=spec),
                  in_shardings=(shardings, sharding_lib.data_sharded(mesh)),
                  out_shardings=shardings, donate_argnums=(0,))
 

@@ -1,7 +1,8 @@
 """The SMoG train step: one pure function, compiled once, sharded by `jax.jit`.
 
-Read it against the spec's "One training step" section. Per head h with old
-centroids C_h:
+Read it against the spec's "One training step" section. The batch carries the
+host's uint8 crops; the step first augments them (smog_jax/augment.py), then,
+per head h with old centroids C_h:
   1. y_t = assign(z'_t, C_h) for each target crop t (old centroids, no grad);
   2. C_h <- momentum_update(C_h, z_j, assign(z_j, C_h), beta) with z_j the
      online projection of large crop j = h mod n_large, over the global batch;
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from smog_jax import augment
 from smog_jax import grouping
 from smog_jax import sharding as sharding_lib
 from smog_jax.models.heads import SMoGNetwork
@@ -37,12 +39,14 @@ class StepConfig:
 
   Attributes:
     schedules: learning rate, EMA momentum and group momentum per step.
+    augment: the photometric augmentation of the views.
     temperature: tau of the group contrastive loss.
     centroid_gradient: False (the reference) treats the updated centroids as
       constants in the loss; True lets gradients flow through the momentum
       update into the online projections, as the paper's prose says.
   """
   schedules: Schedules
+  augment: augment.AugmentSpec
   temperature: float = 0.1
   centroid_gradient: bool = False
 
@@ -86,8 +90,9 @@ def train_step(
 
   Args:
     state: the train state.
-    batch: `online_large [B, nL, S, S, C]`, `online_small [B, nS, s, s, C]`,
-      `target_large [B, nL, S, S, C]`, `index [B]`.
+    batch: uint8 crops `online_large [B, nL, S, S, C]`, `online_small
+      [B, nS, s, s, C]`, `target_large [B, nL, S, S, C]`; `index [B]` and
+      `epoch [B]`, which key each crop's augmentation.
     network: the SMoG network (static).
     tx: the optimiser (static).
     config: static step settings.
@@ -99,8 +104,9 @@ def train_step(
   schedules = config.schedules
   group_momentum = schedules.group_momentum(step)
   ema_momentum = schedules.ema_momentum(step)
-  num_large = batch['online_large'].shape[1]
-  num_small = batch['online_small'].shape[1] if 'online_small' in batch else 0
+  views = augment.train_views(batch, step, config.augment)
+  num_large = views['online_large'].shape[1]
+  num_small = views['online_small'].shape[1] if 'online_small' in views else 0
   num_heads, num_groups, _ = state.centroids.shape
   old_centroids = state.centroids
 
@@ -109,7 +115,7 @@ def train_step(
   #    network's only gradient-free path: stop_gradient makes it explicit.
   target_out, target_vars = network.apply(
       {'params': state.target_params, 'batch_stats': state.target_batch_stats},
-      _merge_crops(batch['target_large']), train=True, with_predictor=False,
+      _merge_crops(views['target_large']), train=True, with_predictor=False,
       mutable=['batch_stats'])
   target_z = jax.lax.stop_gradient(_split_crops(
       grouping.l2_normalize(target_out['projection']), num_large))
@@ -126,12 +132,12 @@ def train_step(
     # evaluated at.
     large_out, online_vars = network.apply(
         {'params': params, 'batch_stats': state.batch_stats},
-        _merge_crops(batch['online_large']), train=True, mutable=['batch_stats'])
+        _merge_crops(views['online_large']), train=True, mutable=['batch_stats'])
     predictions = [_split_crops(large_out['prediction'], num_large)]
     if num_small:
       small_out, _ = network.apply(
           {'params': params, 'batch_stats': state.batch_stats},
-          _merge_crops(batch['online_small']), train=True,
+          _merge_crops(views['online_small']), train=True,
           mutable=['batch_stats'])
       predictions.append(_split_crops(small_out['prediction'], num_small))
     p = grouping.l2_normalize(jnp.concatenate(predictions, axis=0))  # [V,B,D]

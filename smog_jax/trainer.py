@@ -187,7 +187,8 @@ def build(config: ml_collections.ConfigDict, mesh, plan: Plan):
   sched = schedules.from_config(config, plan.total_steps, plan.steps_per_epoch)
   tx = optim.make_optimizer(config.optimizer, sched.learning_rate)
   step_config = train.StepConfig(
-      schedules=sched, temperature=config.smog.temperature,
+      schedules=sched, augment=data_lib.augment_spec(config),
+      temperature=config.smog.temperature,
       centroid_gradient=config.smog.centroid_gradient)
   d = config.data
   shape = (d.image_size, d.image_size, d.channels)
@@ -223,7 +224,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     state = restored
     logging.info('Resumed from step %d.', int(state.step))
   else:
-    fill = memory_bank.jit_fill_bank_step(network, mesh, state)
+    fill = memory_bank.jit_fill_bank_step(network, step_config.augment, mesh,
+                                          state)
     for batch in data_lib.make_bank_fill_iterator(config, mesh):
       state = fill(state, batch)
     logging.info('Memory bank filled: %d examples.', plan.num_train_examples)

@@ -1,14 +1,37 @@
 """A tiny SMoG network, optimiser, state and batch shared by the step tests."""
 
+import dataclasses
+
 import jax
 import ml_collections
 import numpy as np
 
-from smog_jax import models, optim, schedules, train, train_state
+from smog_jax import augment, models, optim, schedules, train, train_state
 
 NUM_HEADS, NUM_GROUPS, DIM = 3, 6, 8
 LARGE, SMALL, CHANNELS = 8, 4, 1
 TOTAL_STEPS = 20
+
+# No photometric op and normalisation to [0, 1]: the step's input views are
+# exactly `pixels(batch[...])`, so the re-derivations need no augmentation.
+_PLAIN = augment.ColourParams(
+    brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, jitter_prob=0.0,
+    grayscale_prob=0.0, blur_prob=0.0, blur_sigma=(0.1, 2.0),
+    solarize_prob=0.0)
+IDENTITY = augment.AugmentSpec(pipelines=(_PLAIN, _PLAIN), mean=(0.0,),
+                               std=(1.0,), channels=CHANNELS, seed=0)
+# The reference's pipelines A and B (blur scaled to the tiny crops).
+REFERENCE = augment.AugmentSpec(
+    pipelines=(dataclasses.replace(_PLAIN, jitter_prob=0.8, blur_prob=1.0,
+                                   blur_sigma=(0.1, 1.0)),
+               dataclasses.replace(_PLAIN, jitter_prob=0.8, blur_prob=0.1,
+                                   blur_sigma=(0.1, 1.0), solarize_prob=0.2)),
+    mean=(0.3,), std=(0.35,), channels=CHANNELS, seed=1)
+
+
+def pixels(images: np.ndarray) -> np.ndarray:
+  """The float views of uint8 crops under `IDENTITY`."""
+  return images.astype(np.float32) / 255.0
 
 
 def tiny_config(**smog_overrides) -> ml_collections.ConfigDict:
@@ -30,14 +53,14 @@ def tiny_config(**smog_overrides) -> ml_collections.ConfigDict:
   return config
 
 
-def build(config=None, bank_rows=None):
+def build(config=None, bank_rows=None, spec=IDENTITY):
   """(network, tx, step_config, state) for the tiny config."""
   config = config or tiny_config()
   network = models.build_network(config.model)
   sched = schedules.from_config(config, TOTAL_STEPS, steps_per_epoch=5)
   tx = optim.make_optimizer(config.optimizer, sched.learning_rate)
   step_config = train.StepConfig(
-      schedules=sched, temperature=config.smog.temperature,
+      schedules=sched, augment=spec, temperature=config.smog.temperature,
       centroid_gradient=config.smog.centroid_gradient)
   state = train_state.create_train_state(
       jax.random.PRNGKey(0), network, tx, (LARGE, LARGE, CHANNELS),
@@ -47,10 +70,11 @@ def build(config=None, bank_rows=None):
 
 def batch(batch_size=16, seed=0, num_examples=None):
   rng = np.random.default_rng(seed)
-  img = lambda n, s: rng.normal(size=(batch_size, n, s, s, CHANNELS)).astype(
-      np.float32)
+  img = lambda n, s: rng.integers(0, 256, (batch_size, n, s, s, CHANNELS),
+                                  dtype=np.uint8)
   num_examples = num_examples or batch_size
   return dict(online_large=img(2, LARGE), online_small=img(4, SMALL),
               target_large=img(2, LARGE),
               index=rng.permutation(num_examples)[:batch_size].astype(np.int32),
+              epoch=np.full(batch_size, seed % 3, np.int32),
               label=np.zeros(batch_size, np.int32))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import step_fixtures as fx
-from smog_jax import sharding, train
+from smog_jax import augment, sharding, train
 from smog_jax.train_state import state_sharding
 
 tree_leaves_with_path = jax.tree_util.tree_leaves_with_path
@@ -59,9 +59,11 @@ def test_step_matches_numpy_rederivation_of_the_spec():
   beta = 0.9  # group momentum at step 0 of the tiny config
   # Independent forward passes with the old parameters.
   tgt = _forward(network, old.target_params, old.target_batch_stats,
-                 b['target_large'])
-  large = _forward(network, old.params, old.batch_stats, b['online_large'])
-  small = _forward(network, old.params, old.batch_stats, b['online_small'])
+                 fx.pixels(b['target_large']))
+  large = _forward(network, old.params, old.batch_stats,
+                   fx.pixels(b['online_large']))
+  small = _forward(network, old.params, old.batch_stats,
+                   fx.pixels(b['online_small']))
   z_target = _normalize(tgt['projection'])  # [T, B, D]
   z_large = _normalize(large['projection'])  # [2, B, D]
   p = _normalize(np.concatenate([large['prediction'], small['prediction']]))
@@ -153,12 +155,17 @@ def test_loss_falls_on_a_fixed_batch_and_centroids_stay_unit_norm():
 
 
 def test_memory_bank_rows_are_the_online_large_projections():
-  network, tx, step_config, state = fx.build(bank_rows=40)
+  # With the reference augmentation: the step feeds the network exactly the
+  # views `augment.train_views` makes (tested against NumPy on its own).
+  network, tx, step_config, state = fx.build(bank_rows=40,
+                                             spec=fx.REFERENCE)
   b = fx.batch(seed=4, num_examples=40)
   old = _np(state)
   new, _ = _run(sharding.make_mesh(), state, [b], network, tx, step_config)
+  views = augment.train_views(b, jnp.int32(0), fx.REFERENCE)
+  assert not np.allclose(views['online_large'], fx.pixels(b['online_large']))
   z = _normalize(_forward(network, old.params, old.batch_stats,
-                          b['online_large'])['projection'])  # [2, B, D]
+                          np.asarray(views['online_large']))['projection'])
   np.testing.assert_allclose(new.memory_bank[:, b['index']], z, rtol=1e-4,
                              atol=1e-5)
   untouched = np.setdiff1d(np.arange(40), b['index'])

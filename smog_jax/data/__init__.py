@@ -9,7 +9,12 @@ Public API:
 
 All iterators yield dicts of global ``jax.Array`` sharded ``NamedSharding(mesh, P('data'))``
 along axis 0; each process builds only its own rows (read from the mesh). TensorFlow runs on
-the host CPU only.
+the host CPU only, and is imported only when an iterator is built: the settings and
+:func:`augment_spec` work without it.
+
+The host decodes and makes the random-resized crops and flips (uint8); colour jitter,
+grayscale, blur, solarize and normalisation of the training views run on the device
+(:mod:`smog_jax.augment`, inside the jitted train step and bank fill).
 
 Config fields read (``config.data.<name>``; unset or None means the default, which may depend
 on the dataset -- see ``settings.DATASET_PRESETS``):
@@ -46,9 +51,11 @@ saturation, hue            colour-jitter strengths                     0.2, 0.1
 jitter_prob                probability of the colour jitter            0.8
 grayscale_prob             probability of grayscale                    0.2
 blur_prob                  (A, B) Gaussian-blur probabilities          (1.0, 0.1)
-blur_sigma                 blur sigma range, pixels                    (0.1, 2.0)
+blur_sigma                 blur sigma range, pixels of the crop        (0.1, 2.0)
 solarize_prob              (A, B) solarize probabilities               (0.0, 0.2)
 flip_prob                  horizontal-flip probability                 0.5
+antialias                  antialiased (PIL-like) resize of the        False
+                           training crops; costs ~4x host time
 mean, std                  normalisation per channel (1 value is       Fashion (0.2860,),
                            broadcast to C)                             (0.3530,); CIFAR own;
                                                                        ImageNet spec values
@@ -64,8 +71,8 @@ Also read: ``config.batch_size`` (global B; must divide by the number of devices
 
 Single-channel images (channels=1): brightness and contrast jitter are applied (they are
 defined on grey levels); saturation, hue and grayscale are skipped (undefined without colour).
-The Gaussian blur kernel is ~10% of the crop side (23 px at 224); crops under 20 px (e.g. the
-14 px small crops of Fashion-MNIST) get kernel size 1, i.e. no blur.
+The Gaussian blur is a full Gaussian at every crop size (taps out to 3 x the largest sigma), as
+PIL's ``GaussianBlur(radius=sigma)`` of the reference; sigma is in pixels of the crop.
 """
 
 from __future__ import annotations
@@ -74,14 +81,21 @@ from typing import Iterator, Optional
 
 import ml_collections
 
-from smog_jax.data import pipeline as _pipeline
 from smog_jax.data import settings as _settings
 from smog_jax.data import sources as _sources
 from smog_jax.data.settings import default_data_config
 from smog_jax.data.sources import DataNotFoundError
 
+def _pipeline():
+  """The tf.data module, imported when batches are built: the settings and the
+  augmentation spec are usable without TensorFlow (e.g. on accelerator hosts)."""
+  from smog_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline
+
+
 __all__ = [
     'DataNotFoundError',
+    'augment_spec',
     'default_data_config',
     'make_bank_fill_iterator',
     'make_eval_iterator',
@@ -99,7 +113,12 @@ def num_train_examples(config: ml_collections.ConfigDict) -> int:
 
 def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
   """``num_train_examples // config.batch_size`` (the partial last batch is dropped)."""
-  return _pipeline.steps_per_epoch(num_train_examples(config), int(config.batch_size))
+  return _pipeline().steps_per_epoch(num_train_examples(config), int(config.batch_size))
+
+
+def augment_spec(config: ml_collections.ConfigDict):
+  """The device augmentation (``smog_jax.augment.AugmentSpec``) of ``config.data``."""
+  return _settings.resolve(config).augment_spec
 
 
 def make_train_iterator(config: ml_collections.ConfigDict, mesh,
@@ -112,27 +131,29 @@ def make_train_iterator(config: ml_collections.ConfigDict, mesh,
     start_step: Global step of the first batch (for resumption).
 
   Returns:
-    Iterator of dicts online_large f32[B,nL,S,S,C], online_small f32[B,nS,s,s,C],
-    target_large f32[B,nL,S,S,C], index i32[B], label i32[B] (global, sharded on 'data').
+    Iterator of dicts online_large u8[B,nL,S,S,C_src], online_small u8[B,nS,s,s,C_src],
+    target_large u8[B,nL,S,S,C_src], index i32[B], epoch i32[B], label i32[B] (global,
+    sharded on 'data'); ``smog_jax.augment.train_views`` turns the crops into float views.
   """
   s = _settings.resolve(config)
-  rows = _pipeline.process_rows(mesh, s.batch_size)
-  ds = _pipeline.build_train_dataset(s, start_step, *rows)
-  return _pipeline.global_batches(ds.as_numpy_iterator(), mesh, s.batch_size, s.prefetch)
+  rows = _pipeline().process_rows(mesh, s.batch_size)
+  ds = _pipeline().build_train_dataset(s, start_step, *rows)
+  return _pipeline().global_batches(ds.as_numpy_iterator(), mesh, s.batch_size, s.prefetch)
 
 
 def make_bank_fill_iterator(config: ml_collections.ConfigDict, mesh) -> Iterator[dict]:
   """One pass over the training split in index order, to fill the memory bank.
 
   Returns:
-    Iterator of ceil(N / B) dicts large f32[B,nL,S,S,C] (pipeline-A augmented large crops),
+    Iterator of ceil(N / B) dicts large u8[B,nL,S,S,C_src] (pipeline-A large crops, to be
+    augmented on the device),
     index i32[B], mask bool[B], label i32[B]. Padding rows of the last batch have mask False
     and index N (out of range: a JAX scatter drops them).
   """
   s = _settings.resolve(config)
-  rows = _pipeline.process_rows(mesh, s.batch_size)
-  ds = _pipeline.build_bank_fill_dataset(s, *rows)
-  return _pipeline.global_batches(ds.as_numpy_iterator(), mesh, s.batch_size, s.prefetch)
+  rows = _pipeline().process_rows(mesh, s.batch_size)
+  ds = _pipeline().build_bank_fill_dataset(s, *rows)
+  return _pipeline().global_batches(ds.as_numpy_iterator(), mesh, s.batch_size, s.prefetch)
 
 
 def make_eval_iterator(config: ml_collections.ConfigDict, mesh, split: Optional[str] = None,
@@ -153,6 +174,6 @@ def make_eval_iterator(config: ml_collections.ConfigDict, mesh, split: Optional[
     Iterator of dicts image f32[B,S,S,C], label i32[B], index i32[B], mask bool[B].
   """
   s = _settings.resolve(config)
-  rows = _pipeline.process_rows(mesh, s.eval_batch_size)
-  ds = _pipeline.build_eval_dataset(s, split or s.eval_split, mode, *rows, epoch=epoch)
-  return _pipeline.global_batches(ds.as_numpy_iterator(), mesh, s.eval_batch_size, s.prefetch)
+  rows = _pipeline().process_rows(mesh, s.eval_batch_size)
+  ds = _pipeline().build_eval_dataset(s, split or s.eval_split, mode, *rows, epoch=epoch)
+  return _pipeline().global_batches(ds.as_numpy_iterator(), mesh, s.eval_batch_size, s.prefetch)

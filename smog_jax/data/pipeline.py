@@ -14,24 +14,21 @@ import collections
 import functools
 from typing import Callable, Iterator, Optional
 
+import jax
 import numpy as np
+import tensorflow as tf
 
-from smog_jax.data import augment
+from smog_jax.augment import STREAM_BANK, STREAM_TRAIN
+from smog_jax.data import crops
 from smog_jax.data import sources
 from smog_jax.data.settings import DataSettings
 
-# Random streams: the same example gets independent randomness in each use.
-STREAM_TRAIN, STREAM_BANK, STREAM_LINEAR = 0, 1, 2
-
-
-def _tf():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf
+# The linear probe's crops: a third random stream (see smog_jax.augment).
+STREAM_LINEAR = 2
 
 
 def hide_accelerators_from_tf() -> None:
   """Keeps TensorFlow on the CPU so that it never grabs accelerator memory JAX needs."""
-  tf = _tf()
   try:
     tf.config.set_visible_devices([], 'GPU')
   except RuntimeError:
@@ -95,13 +92,11 @@ def padded_index_batches(order: np.ndarray, batch_size: int, row_start: int,
 
 
 def _fold(seed, value):
-  tf = _tf()
   return tf.random.experimental.stateless_fold_in(seed, tf.cast(value, tf.int64))
 
 
 def example_seed(seed: int, stream: int, epoch, index):
   """int64 [2] seed of one example in one epoch and stream."""
-  tf = _tf()
   key = tf.constant([seed, stream], tf.int64)
   return _fold(_fold(key, epoch), index)
 
@@ -115,7 +110,6 @@ class _Reader:
   """Reads (image, label) by example index inside tf.data, from memory or JPEG bytes."""
 
   def __init__(self, settings: DataSettings, split: str, limit: Optional[int]):
-    tf = _tf()
     self.is_jpeg = settings.dataset in sources.JPEG_DATASETS
     if self.is_jpeg:
       self._source = sources.JpegSource(settings, split, limit)
@@ -130,7 +124,6 @@ class _Reader:
 
   def read(self, index):
     """Returns (uint8 [H,W,C] image or scalar JPEG string, int32 label)."""
-    tf = _tf()
     if not self.is_jpeg:
       return tf.gather(self._images, index), tf.gather(self._labels, index)
 
@@ -145,61 +138,63 @@ class _Reader:
 
 
 def _to_float(image, channels: int):
-  tf = _tf()
   image = tf.clip_by_value(tf.cast(image, tf.float32) / 255.0, 0.0, 1.0)
-  return augment.to_channels(image, channels)
+  return crops.to_channels(image, channels)
+
+
+def _normalize(image, settings: DataSettings):
+  """Evaluation images only: training views are normalised on the device."""
+  return ((image - tf.constant(settings.mean, tf.float32)) /
+          tf.constant(settings.std, tf.float32))
 
 
 def random_crop(reader: _Reader, image, seed, size: int, scale, ratio, channels: int):
   """Random resized crop to ``size`` as float [0, 1]; fused decode-and-crop for JPEG bytes."""
-  tf = _tf()
+  u = tf.random.stateless_uniform([1, crops.CROP_ATTEMPTS, 4], seed=seed)
   if reader.is_jpeg:
     shape = tf.image.extract_jpeg_shape(image)
-    window = augment.sample_crop_window(seed, shape[0], shape[1], scale, ratio)
+    window = crops.crop_windows(u, shape[0], shape[1], scale, ratio)[0]
     pixels = tf.image.decode_and_crop_jpeg(image, window, channels=3)
   else:
-    window = augment.sample_crop_window(seed, tf.shape(image)[0], tf.shape(image)[1], scale,
-                                        ratio)
-    pixels = augment.crop(image, window)
-  out = augment.resize(pixels, size)
+    window = crops.crop_windows(u, tf.shape(image)[0], tf.shape(image)[1], scale,
+                                ratio)[0]
+    pixels = image[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
+  out = crops.resize(pixels, size, antialias=True)
   out.set_shape([size, size, reader.src_channels])
   return _to_float(out, channels)
 
 
 def centre_crop(reader: _Reader, image, size: int, fraction: float, channels: int):
   """Deterministic square centre crop (``fraction`` of the short side) resized to ``size``."""
-  tf = _tf()
   if reader.is_jpeg:
     shape = tf.image.extract_jpeg_shape(image)
-    window = augment.centre_crop_window(shape[0], shape[1], fraction)
+    window = crops.centre_window(shape[0], shape[1], fraction)
     pixels = tf.image.decode_and_crop_jpeg(image, window, channels=3)
   else:
     h, w = image.shape[0], image.shape[1]
     if fraction == 1.0 and h == w == size:
       return _to_float(image, channels)  # Small images at their native size: identity.
-    window = augment.centre_crop_window(h, w, fraction)
-    pixels = augment.crop(image, window)
-  out = augment.resize(pixels, size)
+    window = crops.centre_window(h, w, fraction)
+    pixels = image[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
+  out = crops.resize(pixels, size, antialias=True)
   out.set_shape([size, size, reader.src_channels])
   return _to_float(out, channels)
 
 
 def view_uniforms(example_key, n_crops: int):
-  """f32 ``[2, n_crops, NUM_UNIFORMS]``: every random number of every view of one example.
+  """f32 ``[2, n_crops, DRAWS_PER_VIEW]``: the crop geometry of every view of one example.
 
   Row ``[p, j]`` belongs to crop ``j`` of pipeline ``p`` and is drawn from the seed
-  ``fold_in(example_key, p)``, so a view's randomness is a function of (seed, stream, epoch,
-  example index, pipeline, crop id) only.
+  ``fold_in(example_key, p)``, so a view's window and flip are a function of (seed, stream,
+  epoch, example index, pipeline, crop id) only.
   """
-  tf = _tf()
   return tf.stack([
-      tf.random.stateless_uniform([n_crops, augment.NUM_UNIFORMS], seed=_fold(example_key, p),
+      tf.random.stateless_uniform([n_crops, crops.DRAWS_PER_VIEW], seed=_fold(example_key, p),
                                   dtype=tf.float32) for p in range(2)])
 
 
 def _decode(reader, image):
   """uint8 [H, W, C] pixels: JPEG bytes decoded once (shared by all crops of the example)."""
-  tf = _tf()
   if reader.is_jpeg:
     pixels = tf.io.decode_jpeg(image, channels=3)
     pixels.set_shape([None, None, 3])
@@ -207,59 +202,22 @@ def _decode(reader, image):
   return image
 
 
-def crop_views(settings: DataSettings, pixels, u, pipeline, size: int, scale):
+def crop_views(settings: DataSettings, pixels, u, size: int, scale):
   """Random resized crops + flips of one decoded image for views with uniforms ``u`` [n, K].
 
   Returns uint8 ``[n, size, size, C_src]``.
   """
-  tf = _tf()
   shape = tf.shape(pixels)
   n = u.shape[0]
-  if n == 0:
-    return tf.zeros([0, size, size, pixels.shape[-1]], tf.uint8)
-  attempts = tf.reshape(u[:, augment.U_CROP], [n, augment.CROP_ATTEMPTS, 4])
-  windows = augment.sample_crop_windows(attempts, shape[0], shape[1], scale,
-                                        settings.aspect_ratio)
-  flip_prob = tf.gather(tf.constant([p.flip_prob for p in settings.pipelines], tf.float32),
-                        pipeline)
-  crops = augment.crop_resize_many(pixels, windows, u[:, augment.U_FLIP] < flip_prob, size)
-  crops.set_shape([n, size, size, pixels.shape[-1]])
-  return crops
-
-
-# Crops at least this large get their colour ops per example (on the example's crops together)
-# rather than on the whole batch: with 224 px crops a batch of crops is tens of MB per
-# intermediate, so batch-level elementwise ops are memory-bound and slower; small crops gain
-# from amortising TF's per-op cost over the batch.
-PER_EXAMPLE_COLOUR_MIN_SIZE = 64
-
-
-def colour_per_example(settings: DataSettings) -> bool:
-  return settings.image_size >= PER_EXAMPLE_COLOUR_MIN_SIZE
-
-
-def finish_views(settings: DataSettings, crops, u, pipeline):
-  """Batch-level pixel ops of ``[rows, n, S, S, C_src]`` uint8 crops -> normalised f32."""
-  tf = _tf()
-  rows, n, size = tf.shape(crops)[0], crops.shape[1], crops.shape[2]
-  C = settings.channels
-  if n == 0:
-    return tf.zeros([rows, 0, size, size, C], tf.float32)
-  x = tf.reshape(crops, [-1, size, size, crops.shape[-1]])
-  x = augment.to_channels_batch(tf.cast(x, tf.float32) * (1.0 / 255.0), C)
-  uu, pp = tf.reshape(u, [-1, augment.NUM_UNIFORMS]), tf.reshape(pipeline, [-1])
-  if colour_per_example(settings) and crops.shape[0] is not None:
-    # One example's large crops: per-crop control flow, only the applied ops are computed.
-    x = tf.ensure_shape(x, [crops.shape[0] * n, size, size, C])
-    x = augment.augment_views_per_crop(x, uu, pp, settings.pipelines)
-  else:
-    x = augment.augment_views(x, uu, pp, settings.pipelines)
-  x = augment.normalize(x, settings.mean, settings.std)
-  return tf.reshape(x, [rows, n, size, size, C])
+  attempts = tf.reshape(u[:, :crops.FLIP_DRAW], [n, crops.CROP_ATTEMPTS, 4])
+  windows = crops.crop_windows(attempts, shape[0], shape[1], scale, settings.aspect_ratio)
+  views = crops.crop_views(pixels, windows, u[:, crops.FLIP_DRAW] < settings.flip_prob,
+                           size, settings.antialias)
+  views.set_shape([n, size, size, pixels.shape[-1]])
+  return views
 
 
 def _options(ds):
-  tf = _tf()
   options = tf.data.Options()
   options.deterministic = True  # Order of elements must not depend on thread timing.
   options.autotune.enabled = True
@@ -290,7 +248,6 @@ def _process_of_rows(batch_size: int, row_start: int, row_stop: int) -> tuple[in
 
 def _shuffle_seed(seed: int, stream: int, epoch, process: int):
   """int64 seed of the shuffle buffer of (seed, stream, epoch, process) in streaming mode."""
-  tf = _tf()
   return ((tf.cast(epoch, tf.int64) * 4 + stream) * 65_537 + process) * 1_000_003 + seed
 
 
@@ -303,51 +260,28 @@ def _use_streaming(settings: DataSettings, split: str) -> bool:
 
 
 def _train_example_fn(settings: DataSettings, reader):
-  """(step, epoch, index, image, label) -> uncoloured crops + their uniforms (per example)."""
-  tf = _tf()
+  """(step, epoch, index, image, label) -> the example's uint8 views and key material."""
   n_large, n_small = settings.num_large_crops, settings.num_small_crops
-  S, s = settings.image_size, settings.small_image_size
-  per_example = colour_per_example(settings)
 
   def example(step, epoch, index, image, label):
     key = example_seed(settings.seed, STREAM_TRAIN, epoch, index)
     u = view_uniforms(key, n_large + n_small)
     online = tf.cast(tf.math.floormod(step, 2), tf.int32)  # Even steps: online = A (0).
-    target = 1 - online
-    u_on, u_tg = tf.gather(u, online), tf.gather(u, target)
-    u_large = tf.concat([u_on[:n_large], u_tg[:n_large]], 0)
-    p_large = tf.concat([tf.fill([n_large], online), tf.fill([n_large], target)], 0)
-    u_small, p_small = u_on[n_large:], tf.fill([n_small], online)
+    u_online, u_target = tf.gather(u, online), tf.gather(u, 1 - online)
     pixels = _decode(reader, image)
-    out = {
-        'large': crop_views(settings, pixels, u_large, p_large, S, settings.large_scale),
-        'large_u': u_large, 'large_p': p_large,
-        'small': crop_views(settings, pixels, u_small, p_small, s, settings.small_scale),
-        'small_u': u_small, 'small_p': p_small,
+    large = lambda u: crop_views(settings, pixels, u[:n_large], settings.image_size,
+                                 settings.large_scale)
+    return {
+        'online_large': large(u_online),
+        'online_small': crop_views(settings, pixels, u_online[n_large:],
+                                   settings.small_image_size, settings.small_scale),
+        'target_large': large(u_target),
         'index': tf.cast(index, tf.int32),
+        'epoch': tf.cast(epoch, tf.int32),
         'label': tf.cast(label, tf.int32),
     }
-    if per_example:
-      for name in ('large', 'small'):
-        out[name] = finish_views(settings, out[name][None], out[name + '_u'][None],
-                                 out[name + '_p'][None])[0]
-    return out
 
-  def finish(b):
-    if per_example:
-      large, small = b['large'], b['small']
-    else:
-      large = finish_views(settings, b['large'], b['large_u'], b['large_p'])
-      small = finish_views(settings, b['small'], b['small_u'], b['small_p'])
-    return {
-        'online_large': large[:, :n_large],
-        'online_small': small,
-        'target_large': large[:, n_large:],
-        'index': b['index'],
-        'label': b['label'],
-    }
-
-  return example, finish
+  return example
 
 
 def build_train_dataset(settings: DataSettings, start_step: int, row_start: int,
@@ -359,18 +293,17 @@ def build_train_dataset(settings: DataSettings, start_step: int, row_start: int,
   source (benchmarks); it needs ``is_jpeg``, ``src_channels``, ``num_examples`` and
   ``read(index)``.
 
-  Per example the image is read (and a JPEG decoded) once, every view's random numbers are drawn
-  at once, and all crops of a size come from one ``crop_and_resize``; the colour ops then run
-  on the whole batch of crops (``finish_views``).
+  Per example the image is read (and a JPEG decoded) once and every view's window and flip are
+  drawn at once; the views leave as uint8, their photometric augmentation runs on the device
+  (smog_jax.augment), keyed by the ``epoch`` and ``index`` the batch carries.
   """
-  tf = _tf()
   check_rows(settings.batch_size, row_start, row_stop)
   hide_accelerators_from_tf()
   rows = row_stop - row_start
   if reader is None and _use_streaming(settings, settings.train_split):
     return _build_streaming_train_dataset(settings, start_step, row_start, row_stop)
   reader = reader or _Reader(settings, settings.train_split, settings.train_slice)
-  example, finish = _train_example_fn(settings, reader)
+  example = _train_example_fn(settings, reader)
   stream = functools.partial(train_index_stream, settings.seed, reader.num_examples,
                              settings.batch_size, start_step, row_start, row_stop)
   ds = tf.data.Dataset.from_generator(stream, output_signature=(
@@ -384,7 +317,6 @@ def build_train_dataset(settings: DataSettings, start_step: int, row_start: int,
 
   ds = ds.map(read_and_crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(rows, drop_remainder=True)
-  ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return _options(ds.prefetch(tf.data.AUTOTUNE))
 
 
@@ -399,7 +331,6 @@ def _build_streaming_train_dataset(settings: DataSettings, start_step: int, row_
   (``Dataset.skip`` after the seeded shuffle), so a resumed run is identical to an
   uninterrupted one with the same process count. The global batch depends on the process count.
   """
-  tf = _tf()
   rows = row_stop - row_start
   proc, nproc = _process_of_rows(settings.batch_size, row_start, row_stop)
   source = sources.StreamSource(settings, settings.train_split, settings.train_slice, proc,
@@ -422,16 +353,15 @@ def _build_streaming_train_dataset(settings: DataSettings, start_step: int, row_
     return d.map(lambda j, ex: (epoch * spe + (skip + j) // rows, epoch, ex[0], ex[1], ex[2]))
 
   ds = tf.data.Dataset.range(start_epoch, 2 ** 62).flat_map(epoch_ds)
-  example, finish = _train_example_fn(settings, reader)
+  example = _train_example_fn(settings, reader)
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(rows, drop_remainder=True)
-  ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return _options(ds.prefetch(tf.data.AUTOTUNE))
 
 
 def _padded_dataset(settings: DataSettings, reader, order: Optional[np.ndarray],
                     batch_size: int, row_start: int, row_stop: int, per_example: Callable,
-                    finish: Optional[Callable] = None, stream_epoch: Optional[int] = None,
+                    stream_epoch: Optional[int] = None,
                     stream_stream: int = 0):
   """One padded pass; ``order`` for random access, or ``reader.source`` streamed.
 
@@ -439,7 +369,6 @@ def _padded_dataset(settings: DataSettings, reader, order: Optional[np.ndarray],
   None), padded to the batches of the largest part; every example is still seen once, with its
   index, but global batches are not in index order.
   """
-  tf = _tf()
   check_rows(batch_size, row_start, row_stop)
   rows = row_stop - row_start
   if isinstance(reader, _StreamReader):
@@ -469,8 +398,6 @@ def _padded_dataset(settings: DataSettings, reader, order: Optional[np.ndarray],
 
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(rows, drop_remainder=True)
-  if finish is not None:
-    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return _options(ds.prefetch(tf.data.AUTOTUNE))
 
 
@@ -484,32 +411,20 @@ def _make_reader(settings: DataSettings, split: str, limit: Optional[int], batch
 
 def build_bank_fill_dataset(settings: DataSettings, row_start: int, row_stop: int):
   """One pass over the training split in index order: ``large`` crops (pipeline A), index, mask."""
-  tf = _tf()
   hide_accelerators_from_tf()
   reader = _make_reader(settings, settings.train_split, settings.train_slice,
                         settings.batch_size, row_start, row_stop)
   n = settings.num_large_crops
-  S = settings.image_size
 
   def per_example(image, data_index):
     key = example_seed(settings.seed, STREAM_BANK, 0, data_index)
-    u = view_uniforms(key, n)[0]
-    p = tf.zeros([n], tf.int32)
     pixels = _decode(reader, image)
-    crops = crop_views(settings, pixels, u, p, S, settings.large_scale)
-    if colour_per_example(settings):
-      return {'large': finish_views(settings, crops[None], u[None], p[None])[0]}
-    return {'large': crops, 'u': u, 'p': p}
-
-  def finish(b):
-    out = dict(b)
-    if 'u' in out:
-      out['large'] = finish_views(settings, out.pop('large'), out.pop('u'), out.pop('p'))
-    return out
+    return {'large': crop_views(settings, pixels, view_uniforms(key, n)[0],
+                                settings.image_size, settings.large_scale)}
 
   order = None if isinstance(reader, _StreamReader) else np.arange(reader.num_examples)
   return _padded_dataset(settings, reader, order, settings.batch_size, row_start, row_stop,
-                         per_example, finish)
+                         per_example)
 
 
 def build_eval_dataset(settings: DataSettings, split: str, mode: str, row_start: int,
@@ -528,7 +443,6 @@ def build_eval_dataset(settings: DataSettings, split: str, mode: str, row_start:
   Returns:
     Dataset of dicts image f32[b,S,S,C], label i32[b], index i32[b], mask bool[b].
   """
-  tf = _tf()
   hide_accelerators_from_tf()
   reader = _make_reader(settings, split, None, settings.eval_batch_size, row_start, row_stop)
   streaming = isinstance(reader, _StreamReader)
@@ -541,7 +455,7 @@ def build_eval_dataset(settings: DataSettings, split: str, mode: str, row_start:
     def per_example(image, data_index):
       del data_index
       out = centre_crop(reader, image, S, settings.eval_crop_fraction, C)
-      return {'image': augment.normalize(out, settings.mean, settings.std)}
+      return {'image': _normalize(out, settings)}
   elif mode == 'linear_train':
     order = epoch_permutation(settings.seed, STREAM_LINEAR, epoch, n)
     stream_epoch = epoch
@@ -551,8 +465,9 @@ def build_eval_dataset(settings: DataSettings, split: str, mode: str, row_start:
       s_crop, s_flip = tf.unstack(tf.random.experimental.stateless_split(key, 2))
       out = random_crop(reader, image, s_crop, S, settings.linear_scale, settings.aspect_ratio,
                         C)
-      out = augment.maybe_flip(out, s_flip, settings.pipelines[0].flip_prob)
-      return {'image': augment.normalize(out, settings.mean, settings.std)}
+      flip = tf.random.stateless_uniform([], seed=s_flip) < settings.flip_prob
+      out = tf.cond(flip, lambda: tf.reverse(out, [1]), lambda: out)
+      return {'image': _normalize(out, settings)}
   else:
     raise ValueError(f"mode must be 'test' or 'linear_train', got {mode!r}.")
   return _padded_dataset(settings, reader, None if streaming else order,
@@ -570,7 +485,6 @@ def process_rows(mesh, global_batch: int) -> tuple[int, int]:
   Read from the sharding itself rather than assumed to be ``p*B/P``, so any device order of
   the mesh works as long as each process's rows are contiguous.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   sharding = batch_sharding(mesh)
   if global_batch % mesh.size:
     raise ValueError(f'Batch size {global_batch} is not divisible by the {mesh.size} devices '
@@ -583,13 +497,11 @@ def process_rows(mesh, global_batch: int) -> tuple[int, int]:
   if (stop - start) != per_device * len(starts):
     raise ValueError('This process\'s rows of the batch are not contiguous; build the mesh '
                      'from jax.devices() in process order.')
-  del jax
   return start, stop
 
 
 def batch_sharding(mesh):
   """``NamedSharding(mesh, P('data'))``: leading axis split over the 'data' mesh axis."""
-  import jax  # pylint: disable=g-import-not-at-top
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
 
 
@@ -599,7 +511,6 @@ def global_batches(local_batches, mesh, global_batch: int, prefetch: int):
   Transfers are asynchronous, so keeping ``prefetch`` batches in flight overlaps the copy to
   the devices with the training step.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   sharding = batch_sharding(mesh)
 
   def to_global(batch):

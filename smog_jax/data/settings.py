@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import ml_collections
 
-from smog_jax.data import augment
+from smog_jax import augment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.228, 0.224, 0.225)  # As in the spec / the reference (not 0.229).
@@ -57,6 +57,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     blur_sigma=(0.1, 2.0),
     solarize_prob=(0.0, 0.2),
     flip_prob=0.5,
+    antialias=False,
     eval_batch_size=None,
     prefetch=2,
     shuffle_buffer=10_000,
@@ -100,7 +101,9 @@ class DataSettings:
   linear_scale: tuple[float, float]
   mean: tuple[float, ...]
   std: tuple[float, ...]
-  pipelines: tuple[augment.ViewParams, augment.ViewParams]
+  flip_prob: float
+  antialias: bool
+  augment_spec: augment.AugmentSpec
   eval_split: str
   eval_crop_fraction: float
   batch_size: int
@@ -153,13 +156,17 @@ def resolve(config: ml_collections.ConfigDict) -> DataSettings:
     raise ValueError(f'config.data.channels must be 1 or 3, got {channels}.')
   blur_prob, solarize_prob = tuple(get('blur_prob')), tuple(get('solarize_prob'))
   pipelines = tuple(
-      augment.ViewParams(
+      augment.ColourParams(
           brightness=float(get('brightness')), contrast=float(get('contrast')),
           saturation=float(get('saturation')), hue=float(get('hue')),
           jitter_prob=float(get('jitter_prob')), grayscale_prob=float(get('grayscale_prob')),
-          blur_prob=float(blur_prob[i]), blur_sigma=tuple(get('blur_sigma')),
-          solarize_prob=float(solarize_prob[i]), flip_prob=float(get('flip_prob')))
+          blur_prob=float(blur_prob[i]),
+          blur_sigma=tuple(float(v) for v in get('blur_sigma')),
+          solarize_prob=float(solarize_prob[i]))
       for i in range(2))
+  mean = _broadcast(get('mean'), channels, 'mean')
+  std = _broadcast(get('std'), channels, 'std')
+  seed = int(config.get('seed', 0))
   batch_size = int(config.batch_size)
   data_dir = get('data_dir') or os.path.join(os.path.expanduser('~'), 'tensorflow_datasets')
   train_slice = get('train_slice')
@@ -180,14 +187,17 @@ def resolve(config: ml_collections.ConfigDict) -> DataSettings:
       small_scale=tuple(get('small_scale')),
       aspect_ratio=tuple(get('aspect_ratio')),
       linear_scale=tuple(get('linear_scale')),
-      mean=_broadcast(get('mean'), channels, 'mean'),
-      std=_broadcast(get('std'), channels, 'std'),
-      pipelines=pipelines,
+      mean=mean,
+      std=std,
+      flip_prob=float(get('flip_prob')),
+      antialias=bool(get('antialias')),
+      augment_spec=augment.AugmentSpec(pipelines=pipelines, mean=mean, std=std,
+                                       channels=channels, seed=seed),
       eval_split=str(get('eval_split')),
       eval_crop_fraction=float(get('eval_crop_fraction')),
       batch_size=batch_size,
       eval_batch_size=int(get('eval_batch_size') or batch_size),
-      seed=int(config.get('seed', 0)),
+      seed=seed,
       prefetch=int(get('prefetch')),
       shuffle_buffer=int(get('shuffle_buffer')),
   )
