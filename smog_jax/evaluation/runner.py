@@ -232,15 +232,11 @@ def _head_batch_config(config: ml_collections.ConfigDict
 
 def _estimate_statistics(config, source, mesh, data: EvalData,
                          variables) -> tuple[np.ndarray, np.ndarray]:
-  """Feature mean/std from the first `linear.standardize_batches` training
-  batches: augmented crops, or with `linear.standardize_augmented` False the
-  un-augmented images the test features resemble."""
-  augmented = bool(config.linear.standardize_augmented)
+  """Feature mean/std from the first batches of augmented training crops."""
   batches = []
-  limit = int(config.linear.standardize_batches)
-  for i, batch in enumerate(data.iterator(
-      config, mesh, train_split(config),
-      'linear_train' if augmented else 'test', 0)):
+  limit = int(config.linear.get('standardize_batches', 20))
+  for i, batch in enumerate(data.iterator(config, mesh, train_split(config),
+                                          'linear_train', 0)):
     if i >= limit:
       break
     feats = features_lib.batch_features(source.module, variables,
