@@ -53,22 +53,6 @@ def synthetic_jpegs(n: int, seed: int = 0) -> list[bytes]:
   return out
 
 
-class BytesReader:
-  """In-memory JPEG source with the interface pipeline.build_train_dataset expects."""
-
-  is_jpeg = True
-  src_channels = 3
-
-  def __init__(self, jpegs: list[bytes]):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    self.num_examples = len(jpegs)
-    self._bytes = tf.constant(jpegs)
-
-  def read(self, index):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    return tf.gather(self._bytes, index), tf.cast(index % 1000, tf.int32)
-
-
 def cores() -> int:
   return len(os.sched_getaffinity(0))
 
@@ -93,12 +77,18 @@ def time_tf(ds, num_images: int, batch: int) -> float:
 
 def bench_imagenet(num_images: int, jpegs: list[bytes], antialias: bool) -> float:
   import ml_collections  # pylint: disable=g-import-not-at-top
+  from smog_jax.data import default_data_config  # pylint: disable=g-import-not-at-top
   from smog_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from smog_jax.data import settings as settings_lib  # pylint: disable=g-import-not-at-top
-  cfg = ml_collections.ConfigDict(dict(batch_size=16, seed=0, data=dict(
-      dataset='imagenet2012', antialias=antialias)))
+  from smog_jax.data import sources  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(dict(
+      batch_size=16, seed=0, data=default_data_config('imagenet2012')))
+  cfg.data.antialias = antialias
   s = settings_lib.resolve(cfg)
-  ds = pipeline.build_train_dataset(s, 0, 0, 16, reader=BytesReader(jpegs))
+  # In-memory JPEG bytes: the same DataSource interface as tfds.data_source.
+  source = sources.ArraySource(np.array(jpegs, dtype=object),
+                               np.arange(len(jpegs), dtype=np.int32) % 1000)
+  ds = pipeline.build_train_dataset(s, source, 0, 0, 16)
   return time_tf(ds, num_images, 16)
 
 
@@ -122,13 +112,16 @@ def bench_fashion(num_images: int) -> tuple[float, str]:
   if not sources.idx_files_available(idx_dir):
     idx_dir = os.path.join(os.path.dirname(__file__), '..', 'tests', 'data', 'fashion_mnist')
     what = '64-image test fixture'
-  cfg = ml_collections.ConfigDict(dict(batch_size=256, seed=0, data=dict(
-      dataset='fashion_mnist', data_dir=tempfile.mkdtemp(), fashion_mnist_idx_dir=idx_dir,
-      download=False, train_slice=None if 'full' in what else 64)))
+  from smog_jax.data import default_data_config  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(dict(
+      batch_size=256, seed=0, data=default_data_config('fashion_mnist')))
+  cfg.data.update(dict(data_dir=tempfile.mkdtemp(), fashion_mnist_idx_dir=idx_dir,
+                       download=False))
   s = settings_lib.resolve(cfg)
   batch = min(256, 64 if 'fixture' in what else 256)
   s = settings_lib.dataclasses.replace(s, batch_size=batch)
-  ds = pipeline.build_train_dataset(s, 0, 0, batch)
+  source = sources.open_source(s, 'train')
+  ds = pipeline.build_train_dataset(s, source, 0, 0, batch)
   return time_tf(ds, num_images, batch), what
 
 

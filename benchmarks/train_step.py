@@ -14,7 +14,7 @@ and the augmentation alone.
 
   python benchmarks/train_step.py --config configs/fashion_mnist.py
   python benchmarks/train_step.py --config configs/fashion_mnist.py \
-      --config.batch_size=128 --steps 10
+      --config.batch_size=128 --steps 10 --rounds 3
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from smog_jax import train_state
 from smog_jax import data as data_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config.')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up).')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per round.')
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds; best kept.')
 
 
 def baseline_step(state, batch, *, network, tx, spec):
@@ -74,15 +75,30 @@ def _normalised_views(batch, step, spec):
           ('online_large', 'online_small', 'target_large')}
 
 
-def _time(fn, state, batch, steps):
-  for _ in range(2):
-    state, m = fn(state, batch)
+def _timed_steps(fn, state, batch, steps):
+  """Seconds per step of `steps` calls, and the state after them."""
   jax.block_until_ready(state)
   start = time.perf_counter()
   for _ in range(steps):
-    state, m = fn(state, batch)
+    state, _ = fn(state, batch)
   jax.block_until_ready(state)
   return (time.perf_counter() - start) / steps, state
+
+
+def _best_interleaved(fns, states, batch, steps, rounds):
+  """Best seconds per step of each function, timed in alternating rounds.
+
+  Alternating keeps a shared machine's changing load from favouring whichever
+  variant happened to run in a quiet minute.
+  """
+  best = {name: float('inf') for name in fns}
+  for name, fn in fns.items():  # Compile and warm up.
+    states[name], _ = fn(states[name], batch)
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      seconds, states[name] = _timed_steps(fn, states[name], batch, steps)
+      best[name] = min(best[name], seconds)
+  return best
 
 
 def main(argv):
@@ -122,17 +138,17 @@ def main(argv):
                     in_shardings=(shard, sharding.data_sharded(mesh)),
                     out_shardings=(shard, sharding.replicated(mesh)),
                     donate_argnums=(0,))
-  t_base, _ = _time(base_fn, fresh_state(), batch, _STEPS.value)
-  t_smog, _ = _time(smog_fn, st, batch, _STEPS.value)
-  st = fresh_state()
   with mock.patch.object(augment, 'train_views', _normalised_views):
     plain_fn = train.jit_train_step(network, tx, step_config, mesh, st)
-    t_plain, _ = _time(plain_fn, st, batch, _STEPS.value)
-  t_base2, _ = _time(base_fn, fresh_state(), batch, _STEPS.value)
-  t_base = min(t_base, t_base2)
+    # Traced inside the patch: the step with normalisation only.
+    plain_state, _ = plain_fn(fresh_state(), batch)
   views_fn = jax.jit(lambda st, bt: (st, augment.train_views(bt, st.step, spec)),
                      in_shardings=(shard, sharding.data_sharded(mesh)))
-  t_aug, _ = _time(views_fn, fresh_state(), batch, _STEPS.value)
+  fns = dict(base=base_fn, smog=smog_fn, plain=plain_fn, aug=views_fn)
+  states = dict(base=fresh_state(), smog=st, plain=plain_state,
+                aug=fresh_state())
+  best = _best_interleaved(fns, states, batch, _STEPS.value, _ROUNDS.value)
+  t_base, t_smog, t_plain, t_aug = (best[k] for k in fns)
   print(f'devices={jax.device_count()} ({jax.devices()[0].device_kind}) '
         f'batch={b} crops={d.num_large_crops}x{s}+{d.num_small_crops}x{ss} '
         f'heads={config.smog.num_heads} groups={config.smog.num_groups} '

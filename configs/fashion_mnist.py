@@ -30,6 +30,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.log_every_steps = 20
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 3
+  # Resuming a workdir with a changed total_steps / num_epochs / knn_k /
+  # knn_temperature needs True; other changes are refused (checkpointing.py).
+  config.allow_config_change = False
   # Online weighted kNN monitor on the test split every N epochs (0 = only at
   # the end; -1 = never).
   config.knn_every_epochs = 0

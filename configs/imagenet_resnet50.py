@@ -26,6 +26,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  # Resuming a workdir with a changed total_steps / num_epochs / knn_k /
+  # knn_temperature needs True; other changes are refused (checkpointing.py).
+  config.allow_config_change = False
   config.knn_every_epochs = 50
   config.knn_k = 20
   config.knn_temperature = 0.07

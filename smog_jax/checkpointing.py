@@ -13,14 +13,32 @@ complete, so a crash mid-save never corrupts the last good checkpoint.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+from etils import epath
 
 CHECKPOINT_SUBDIR = 'checkpoints'
+# Config fields that never change what a run computes: a resumed run may
+# always change them.
+OPERATIONAL_FIELDS = frozenset({
+    'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+    'knn_every_epochs', 'allow_config_change', 'data.data_dir',
+    'data.fashion_mnist_idx_dir', 'data.download', 'data.prefetch',
+    'data.eval_batch_size'})
+# Fields a resumed run may change with --config.allow_config_change=True
+# (they change the schedules or the monitor, not the state's layout).
+CHANGEABLE_FIELDS = frozenset({'total_steps', 'num_epochs', 'knn_k',
+                               'knn_temperature'})
+
+
+class CheckpointError(RuntimeError):
+  """The workdir's checkpoints cannot be resumed; the message says why."""
 
 
 def absolute(path: str) -> str:
@@ -37,9 +55,11 @@ def checkpoint_dir(workdir: str) -> str:
 def make_manager(workdir: str, max_to_keep: int = 3,
                  async_save: bool = True) -> ocp.CheckpointManager:
   """A CheckpointManager for `state` + `config` under `WORKDIR/checkpoints`."""
+  # cleanup_tmp_directories: a kill during an asynchronous write leaves its
+  # temporary folder behind; the next run removes it.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True,
-      enable_async_checkpointing=async_save)
+      enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                item_names=('state', 'config'))
 
@@ -55,19 +75,97 @@ def save(manager: ocp.CheckpointManager, state: Any,
       force=force)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> Any:
-  """The newest checkpoint restored onto `abstract_state`'s shardings, or None.
+def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """`{'a': {'b': 1}}` -> `{'a.b': 1}` (tuples as lists, as JSON has them)."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def check_resumable_config(saved: Mapping[str, Any],
+                           config: ml_collections.ConfigDict,
+                           directory: str) -> None:
+  """Raises `CheckpointError` if `config` may not resume a `saved` run.
+
+  Operational fields may always differ; `CHANGEABLE_FIELDS` only with
+  `config.allow_config_change`; every other difference is refused.
+  """
+  old, new = flatten(saved), flatten(config.to_dict())
+  differing = sorted(k for k in old.keys() | new.keys()
+                     if k not in OPERATIONAL_FIELDS and old.get(k) != new.get(k))
+  refused = [k for k in differing
+             if k not in CHANGEABLE_FIELDS or not config.allow_config_change]
+  if not refused:
+    for key in differing:
+      logging.warning('Resuming with config.%s changed: %r -> %r.', key,
+                      old.get(key), new.get(key))
+    return
+  changes = '; '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}'
+                      for k in refused)
+  hint = (' (these may change with --config.allow_config_change=True)'
+          if set(refused) <= CHANGEABLE_FIELDS else
+          '; use a new --workdir for a different run')
+  raise CheckpointError(f'The checkpoints in {directory} were written with '
+                        f'another config ({changes}){hint}.')
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
+                   config: ml_collections.ConfigDict) -> Any:
+  """The newest readable checkpoint on `abstract_state`'s shardings, or None.
 
   `abstract_state` is a pytree of `jax.ShapeDtypeStruct` with the shardings of
-  *this* run, so a checkpoint written on 8 devices restores on 1 and back.
+  *this* run, so a checkpoint written on 8 devices restores on 1 and back. An
+  unreadable newest checkpoint (truncated, corrupted) is skipped with a warning
+  naming it, for the previous one, and set aside as `<step>.unreadable`; the
+  saved config must allow resuming with `config` (`check_resumable_config`).
+
+  Returns:
+    The restored state, or None when the workdir has no checkpoint.
+
+  Raises:
+    CheckpointError: checkpoints exist but none is readable, or the config
+      changed in a way the run cannot resume.
   """
-  step = manager.latest_step()
-  if step is None:
-    return None
-  restored = manager.restore(
-      step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))
-  return restored['state']
+  directory = os.fspath(manager.directory)
+  steps = sorted(manager.all_steps(), reverse=True)
+  unreadable = []
+  for step in steps:
+    try:
+      saved = manager.restore(step, args=ocp.args.Composite(
+          config=ocp.args.JsonRestore()))['config']
+      check_resumable_config(saved, config, directory)
+      state = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))['state']
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('Checkpoint %d in %s is unreadable (%s); trying the '
+                      'previous one.', step, directory, e)
+      unreadable.append(step)
+      continue
+    _set_aside(manager, unreadable)
+    return state
+  if steps:
+    raise CheckpointError(
+        f'No readable checkpoint among steps {sorted(steps)} in {directory}: '
+        'move them away to start afresh, or restore the workdir from a copy.')
+  return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Renames unreadable checkpoints to `<step>.unreadable` (kept to inspect),
+  so the resumed run can save those steps again."""
+  if steps and jax.process_index() == 0:
+    for step in steps:
+      path = epath.Path(manager.directory) / str(step)
+      path.rename(path.parent / f'{step}.unreadable')
+  if steps:
+    multihost_utils.sync_global_devices('smog_jax: unreadable set aside')
+    manager.reload()
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:
@@ -77,42 +175,57 @@ def abstract_like(state: Any, shardings: Any) -> Any:
       state, shardings)
 
 
-def load_pretrained(path: str) -> tuple[ml_collections.ConfigDict,
-                                        dict[str, Any], int]:
-  """The online backbone of the newest checkpoint in a pre-training workdir.
+def load_host_state(path: str, step: int | None = None
+                    ) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:
+  """A checkpoint of a pre-training workdir as plain host arrays.
+
+  Restores without knowing the optimiser or the device count of the run.
 
   Args:
     path: a pre-training workdir (holding `checkpoints/`).
+    step: the checkpoint's step; None for the newest.
 
   Returns:
-    `(config, variables, step)`: the pre-training config, the online
-    backbone's `{'params', 'batch_stats'}` as host arrays, and the step.
+    `(config, state, step)`: the pre-training config, the `TrainState` as a
+    nested dict of numpy arrays, and the step.
 
   Raises:
-    FileNotFoundError: when `path` holds no checkpoint.
+    FileNotFoundError: when `path` holds no (such) checkpoint.
   """
   directory = checkpoint_dir(path)
-  if not os.path.isdir(directory):
+  if not epath.Path(directory).is_dir():
     raise FileNotFoundError(
         f'No pre-training checkpoints under {directory!r}: pass the --workdir '
         'of a smog_jax.main run (or an exported backbone directory).')
   with ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(read_only=True),
       item_names=('state', 'config')) as manager:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'{directory!r} holds no finished checkpoint.')
-    # Restore only what is needed, as plain host arrays: no knowledge of the
-    # optimiser (or device count) of the pre-training run is required.
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in manager.all_steps():
+      raise FileNotFoundError(f'{directory!r} holds no finished checkpoint'
+                              + ('' if step is None else f' of step {step}')
+                              + '.')
     config = manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))['config']
     state_dir = os.path.join(directory, str(step), 'state')
     tree = ocp.PyTreeCheckpointer().restore(
         state_dir, args=ocp.args.PyTreeRestore(
             restore_args=_host_restore_args(state_dir)))
+  return ml_collections.ConfigDict(config), tree, int(step)
+
+
+def load_pretrained(path: str) -> tuple[ml_collections.ConfigDict,
+                                        dict[str, Any], int]:
+  """The online backbone of the newest checkpoint in a pre-training workdir.
+
+  Returns:
+    `(config, variables, step)`: the pre-training config, the online
+    backbone's `{'params', 'batch_stats'}` as host arrays, and the step.
+  """
+  config, tree, step = load_host_state(path)
   variables = {'params': tree['params']['backbone'],
                'batch_stats': tree['batch_stats']['backbone']}
-  return ml_collections.ConfigDict(config), variables, int(step)
+  return config, variables, step
 
 
 def _host_restore_args(state_dir: str) -> Any:

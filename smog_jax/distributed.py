@@ -21,6 +21,9 @@ def define_flags() -> None:
                       'host:port of process 0 (jax.distributed coordinator).')
   flags.DEFINE_integer('num_processes', None, 'Total number of processes.')
   flags.DEFINE_integer('process_id', None, 'Index of this process.')
+  flags.DEFINE_integer('heartbeat_timeout_seconds', 100,
+                       'A process silent this long counts as lost: the '
+                       'others stop with an error instead of waiting.')
   flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
                     "'auto': initialise when a TPU pod or a multi-task SLURM "
                     "job is detected; 'on': always (auto-detect the "
@@ -43,9 +46,10 @@ def initialize() -> None:
     return
   # CPU processes (tests, CPU clusters) exchange collectives through gloo.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator_address=f.coordinator_address,
-                             num_processes=f.num_processes,
-                             process_id=f.process_id)
+  jax.distributed.initialize(
+      coordinator_address=f.coordinator_address,
+      num_processes=f.num_processes, process_id=f.process_id,
+      heartbeat_timeout_seconds=f.heartbeat_timeout_seconds)
   logging.info('jax.distributed: process %d of %d, %d local / %d global '
                'devices.', jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())

@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 
 from smog_jax import checkpointing
 from smog_jax import models
@@ -66,12 +67,16 @@ class LoadedBackbone:
 
 
 def is_export_dir(path: str) -> bool:
-  return os.path.isfile(os.path.join(os.fspath(path), DESCRIPTION_FILE))
+  return (epath.Path(path) / DESCRIPTION_FILE).is_file()
 
 
 def preprocessing_from_config(config: ml_collections.ConfigDict
                               ) -> dict[str, Any]:
   """The input preprocessing of a pre-training config (its `data` fields)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for name in data_settings.RETIRED_FIELDS:  # In older saved configs.
+    if name in config.data:
+      del config.data[name]
   resolved = data_settings.resolve(config)
   return dict(dataset=resolved.dataset, image_size=resolved.image_size,
               channels=resolved.channels, mean=list(resolved.mean),
@@ -99,8 +104,7 @@ def load_backbone_info(path: str) -> LoadedBackbone:
   """
   path = os.fspath(path)
   if is_export_dir(path):
-    with open(os.path.join(path, DESCRIPTION_FILE)) as f:
-      desc = json.load(f)
+    desc = json.loads((epath.Path(path) / DESCRIPTION_FILE).read_text())
     if desc.get('format') != EXPORT_FORMAT:
       raise ValueError(f'{path!r}: unknown export format {desc.get("format")!r}'
                        f' (expected {EXPORT_FORMAT!r}).')
@@ -150,10 +154,10 @@ def export_backbone(workdir: str, output: str) -> str:
   output = checkpointing.absolute(os.fspath(output))
   config, variables, step = checkpointing.load_pretrained(workdir)
   variables_dir = os.path.join(output, VARIABLES_SUBDIR)
-  if os.path.exists(variables_dir):
+  if epath.Path(variables_dir).exists():
     raise FileExistsError(f'{variables_dir!r} exists; choose a new --output.')
   if jax.process_index() == 0:
-    os.makedirs(output, exist_ok=True)
+    epath.Path(output).mkdir(parents=True, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(variables_dir, jax.tree.map(np.asarray, variables))
   checkpointer.wait_until_finished()
@@ -161,8 +165,8 @@ def export_backbone(workdir: str, output: str) -> str:
     desc = dict(format=EXPORT_FORMAT, model=config.model.to_dict(),
                 preprocessing=preprocessing_from_config(config), step=step,
                 source=checkpointing.absolute(os.fspath(workdir)))
-    with open(os.path.join(output, DESCRIPTION_FILE), 'w') as f:
-      json.dump(desc, f, indent=2, sort_keys=True)
+    (epath.Path(output) / DESCRIPTION_FILE).write_text(
+        json.dumps(desc, indent=2, sort_keys=True))
   logging.info('Exported the backbone of %s (step %d) to %s', workdir, step,
                output)
   return output

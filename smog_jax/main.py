@@ -12,7 +12,10 @@ a SLURM job (auto-detected). The loop lives in `smog_jax.trainer`.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Sequence
+
+import jax
 
 from absl import app
 from absl import flags
@@ -52,9 +55,33 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   tune_cpu_backend()
   distributed.initialize()
-  from smog_jax import trainer  # pylint: disable=g-import-not-at-top
-  trainer.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  # pylint: disable=g-import-not-at-top
+  from smog_jax import checkpointing, trainer, validation
+  from smog_jax.data import DataNotFoundError
+  try:
+    trainer.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  except (validation.ConfigError, DataNotFoundError,
+          checkpointing.CheckpointError, trainer.NonFiniteError) as e:
+    # One sentence that names the problem and the fix; no traceback.
+    raise SystemExit(f'smog_jax.main: {e}') from None
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    _exit_lost_process(e)
   logging.info('Done.')
+
+
+def _exit_lost_process(error: Exception) -> None:
+  """Exits at once when another process of the run is gone."""
+  cause = str(error).splitlines()[0]
+  sys.stderr.write(
+      f'smog_jax.main: process {jax.process_index()} lost contact with '
+      f'another process of the run ({cause}); restart every process with the '
+      'same command: the run resumes from its last checkpoint.\n')
+  sys.stderr.flush()
+  # Not sys.exit: JAX's exit hook would wait at a shutdown barrier for the
+  # lost process, then abort.
+  os._exit(1)  # pylint: disable=protected-access
 
 
 if __name__ == '__main__':

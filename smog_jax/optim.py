@@ -8,6 +8,8 @@ import jax
 import ml_collections
 import optax
 
+OPTIMIZERS = ('lars', 'adamw', 'sgd')
+
 
 def _is_matrix(params: Any) -> Any:
   """True for kernels (ndim > 1); False for biases and BN scales/offsets."""
@@ -44,8 +46,8 @@ def make_optimizer(opt: ml_collections.ConfigDict,
     tx = optax.chain(optax.add_decayed_weights(opt.weight_decay, mask),
                      optax.sgd(learning_rate, momentum=opt.get('momentum', 0.9)))
   else:
-    raise ValueError(f"Unknown optimizer {opt.name!r}; use 'lars', 'adamw' or "
-                     "'sgd'.")
+    raise ValueError(f'Unknown optimizer {opt.name!r}; use one of '
+                     f'{OPTIMIZERS}.')
   clip = opt.get('grad_clip_norm', 0.0)
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)

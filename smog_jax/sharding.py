@@ -45,3 +45,21 @@ def shard_host_batch(batch: Any, mesh: Mesh) -> Any:
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       batch)
+
+
+def process_rows(mesh: Mesh, global_batch: int,
+                 what: str = 'batch_size') -> tuple[int, int]:
+  """Rows `[start, stop)` of a global batch this process's devices hold.
+
+  Read from the sharding rather than assumed to be `p * B / P`, so any
+  device order works as long as each process's rows are contiguous.
+  """
+  check_divisible(global_batch, mesh, what)
+  slices = data_sharded(mesh).addressable_devices_indices_map(
+      (global_batch,)).values()
+  bounds = sorted(s[0].indices(global_batch)[:2] for s in slices)
+  start, stop = bounds[0][0], bounds[-1][1]
+  if stop - start != sum(b - a for a, b in bounds):
+    raise ValueError("This process's rows of the batch are not contiguous: "
+                     'build the mesh from jax.devices() in process order.')
+  return start, stop

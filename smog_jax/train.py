@@ -205,6 +205,11 @@ def train_step(
       assignment_entropy=jnp.mean(entropy),
       target_agreement=agreement.astype(jnp.float32),
       grad_norm=optax.tree.norm(grads),
+      # 1.0 when the loss, a centroid or a new parameter is NaN/inf: the
+      # loop stops on it rather than saving such a state.
+      nonfinite=1.0 - (jnp.isfinite(loss) &
+                       jnp.all(jnp.isfinite(aux['centroids'])) &
+                       jnp.isfinite(optax.tree.norm(params))),
   )
   return new_state, metrics
 

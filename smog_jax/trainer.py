@@ -9,8 +9,8 @@ needs is in the checkpointed `TrainState`; the data position is its step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
 import signal
 import time
@@ -25,6 +25,7 @@ from clu import periodic_actions
 
 from smog_jax import checkpointing
 from smog_jax import data as data_lib
+from smog_jax import jsonl
 from smog_jax import memory_bank
 from smog_jax import models
 from smog_jax import optim
@@ -32,70 +33,40 @@ from smog_jax import schedules
 from smog_jax import sharding as sharding_lib
 from smog_jax import train
 from smog_jax import train_state as train_state_lib
+from smog_jax import validation
 
 METRICS_FILE = 'metrics.jsonl'
 
 
-class JsonlWriter(metric_writers.MetricWriter):
-  """Appends one JSON object per `write_scalars` call to `WORKDIR/metrics.jsonl`.
+class MetricsWriter:
+  """TensorBoard + log through clu, and metrics.jsonl, on process 0.
 
-  On resume from step S, records of steps after S (logged by the previous
-  run after its last checkpoint, and about to be logged again) are dropped
-  first, so the file holds each step once.
+  Other processes only log. On resume, metrics.jsonl drops the records past
+  the restored step first (`jsonl.JsonlWriter`), so it holds each step once.
   """
 
-  def __init__(self, workdir: str, resume_step: int = 0):
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, METRICS_FILE)
-    if os.path.exists(path):
-      with open(path) as f:
-        kept = [line for line in f
-                if line.strip() and json.loads(line)['step'] <= resume_step]
-      with open(path, 'w') as f:
-        f.writelines(kept)
-    self._file = open(path, 'a')
+  def __init__(self, workdir: str, resume_step: int):
+    self._jsonl = None
+    if jax.process_index() != 0:
+      self._clu = metric_writers.create_default_writer(just_logging=True)
+      return
+    self._clu = metric_writers.create_default_writer(workdir,
+                                                     asynchronous=False)
+    self._jsonl = jsonl.JsonlWriter(os.path.join(workdir, METRICS_FILE),
+                                    resume_step)
 
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    record = {'step': int(step)}
-    record.update({k: float(v) for k, v in scalars.items()})
-    self._file.write(json.dumps(record) + '\n')
-    self._file.flush()
+  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    self._clu.write_hparams(hparams)
 
-  def write_summaries(self, step, values, metadata=None):
-    del step, values, metadata
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    self._clu.write_scalars(step, scalars)
+    if self._jsonl is not None:
+      self._jsonl.write({'step': int(step),
+                         **{k: float(v) for k, v in scalars.items()}})
 
-  def write_images(self, step, images):
-    del step, images
-
-  def write_videos(self, step, videos):
-    del step, videos
-
-  def write_audios(self, step, audios, *, sample_rate):
-    del step, audios, sample_rate
-
-  def write_texts(self, step, texts):
-    del step, texts
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    del step, arrays, num_buckets
-
-  def write_hparams(self, hparams):
-    del hparams
-
-  def flush(self):
-    self._file.flush()
-
-  def close(self):
-    self._file.close()
-
-
-def make_writer(workdir: str, resume_step: int) -> metric_writers.MetricWriter:
-  """TensorBoard + log + JSONL on process 0; log only elsewhere."""
-  if jax.process_index() != 0:
-    return metric_writers.create_default_writer(just_logging=True)
-  return metric_writers.MultiWriter([
-      metric_writers.create_default_writer(workdir, asynchronous=False),
-      JsonlWriter(workdir, resume_step)])
+  def close(self) -> None:
+    self._clu.flush()
+    self._clu.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,13 +77,11 @@ class Plan:
   total_steps: int
 
 
-def make_plan(config: ml_collections.ConfigDict) -> Plan:
+def make_plan(config: ml_collections.ConfigDict, mesh) -> Plan:
+  """The run's length; first checks the config (`validation`), no compile."""
   num_examples = data_lib.num_train_examples(config)
+  validation.validate(config, mesh.size, jax.process_count(), num_examples)
   steps_per_epoch = data_lib.steps_per_epoch(config)
-  if steps_per_epoch < 1:
-    raise ValueError(
-        f'batch_size={config.batch_size} exceeds the {num_examples} training '
-        'examples: lower --config.batch_size.')
   total = config.total_steps
   if total is None or total <= 0:
     total = config.num_epochs * steps_per_epoch
@@ -151,6 +120,23 @@ class _Preemption:
     return self.requested or self._manager.reached_preemption(step)
 
 
+class NonFiniteError(RuntimeError):
+  """A step produced a NaN/inf loss, centroid or parameter."""
+
+
+def _check_finite(metrics, step: int, manager) -> None:
+  """Raises `NonFiniteError` if step `step` went non-finite (a host sync)."""
+  if not float(metrics['nonfinite']):
+    return
+  last = manager.latest_step()
+  kept = ('no checkpoint was written yet' if last is None else
+          f'the last good checkpoint, step {last}, is kept')
+  raise NonFiniteError(
+      f'Step {step} produced a non-finite loss or centroid, so the run '
+      f'stopped without saving it ({kept}): lower --config.optimizer.peak_lr '
+      'or check the input data, then run the same command again.')
+
+
 def _knn_due(config, epoch_done: int, plan: Plan, step: int) -> bool:
   every = config.get('knn_every_epochs', 0)
   if every < 0:
@@ -163,22 +149,13 @@ def _knn_due(config, epoch_done: int, plan: Plan, step: int) -> bool:
 
 def knn_monitor(config: ml_collections.ConfigDict, state, mesh) -> float:
   """Weighted kNN top-1 of the online backbone's features (train -> test)."""
-  from smog_jax import evaluation  # pylint: disable=g-import-not-at-top
-  backbone = models.build_backbone(config.model)
+  from smog_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
   variables = {'params': state.params['backbone'],
                'batch_stats': state.batch_stats['backbone']}
-  data_cfg = config.data
-  train_split = data_cfg.train_split
-  if data_cfg.get('train_slice'):
-    train_split = f'{train_split}[:{data_cfg.train_slice}]'
-  feats = {}
-  for name, split in (('train', train_split), ('test', data_cfg.eval_split)):
-    it = data_lib.make_eval_iterator(config, mesh, split, 'test')
-    feats[name] = evaluation.extract_features(backbone, variables, it, mesh)
-  num_classes = int(max(feats['train'][1].max(), feats['test'][1].max())) + 1
-  return evaluation.knn_top1(*feats['train'], *feats['test'], num_classes,
-                             k=config.knn_k, temperature=config.knn_temperature,
-                             mesh=mesh)
+  evaluator = evaluators.Knn(config, mesh, models.build_backbone(config.model),
+                             k=config.knn_k,
+                             temperature=config.knn_temperature)
+  return evaluator.run(variables)['top1']
 
 
 def build(config: ml_collections.ConfigDict, mesh, plan: Plan):
@@ -210,8 +187,7 @@ def build(config: ml_collections.ConfigDict, mesh, plan: Plan):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Runs (or resumes) pre-training in `workdir`; returns the final state."""
   mesh = sharding_lib.make_mesh()
-  sharding_lib.check_divisible(config.batch_size, mesh)
-  plan = make_plan(config)
+  plan = make_plan(config, mesh)
   logging.info('Plan: %s; mesh: %d devices over %d processes.', plan,
                mesh.size, jax.process_count())
   network, tx, step_config, state = build(config, mesh, plan)
@@ -219,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
   restored = checkpointing.restore_latest(
-      manager, checkpointing.abstract_like(state, shardings))
+      manager, checkpointing.abstract_like(state, shardings), config)
   if restored is not None:
     state = restored
     logging.info('Resumed from step %d.', int(state.step))
@@ -233,27 +209,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   start = int(jax.device_get(state.step))
   step_fn = train.jit_train_step(network, tx, step_config, mesh, state)
   regroup_fn = memory_bank.jit_regroup(config.smog.kmeans_iters, mesh, state)
-  writer = make_writer(workdir, start)
+  writer = MetricsWriter(workdir, start)
   if start == 0:
-    writer.write_hparams(_flat(config.to_dict()))
+    writer.write_hparams({
+        k: v if isinstance(v, (int, float, str, bool)) else str(v)
+        for k, v in checkpointing.flatten(config.to_dict()).items()})
   # Steps/s and ETA go to the log; metrics.jsonl keeps one record per step.
   report = periodic_actions.ReportProgress(num_train_steps=plan.total_steps,
                                            every_secs=60)
   batches = data_lib.make_train_iterator(config, mesh, start_step=start)
 
   last_log_time, last_log_step = time.time(), start
-  with _Preemption(manager) as preemption:
+  # Each step's finiteness is read once the next step is dispatched (so the
+  # device never waits for the host), and before any save or log.
+  unchecked = None
+  with _Preemption(manager) as preemption, _finishing(manager, writer):
     for step in range(start, plan.total_steps):
       epoch = step // plan.steps_per_epoch
       if step % plan.steps_per_epoch == 0:
         state = regroup_fn(state, jnp.asarray(epoch, jnp.int32))
       state, metrics = step_fn(state, next(batches))
       done = step + 1
+      if unchecked is not None:
+        _check_finite(*unchecked, manager)
+      unchecked = (metrics, done)
       report(done)
 
       knn_due = _knn_due(config, done // plan.steps_per_epoch, plan, done)
-      if (knn_due or done % config.log_every_steps == 0 or
-          done == plan.total_steps):
+      preempted = preemption.reached(done)
+      save_due = (done % config.checkpoint_every_steps == 0 or
+                  done == plan.total_steps or preempted)
+      log_due = (knn_due or done % config.log_every_steps == 0 or
+                 done == plan.total_steps)
+      if save_due or log_due:
+        _check_finite(metrics, done, manager)
+      if log_due:
         scalars = jax.device_get(metrics)
         now = time.time()
         scalars['images_per_sec'] = (config.batch_size * (done - last_log_step)
@@ -265,25 +255,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         # Evaluation time does not count towards images_per_sec.
         last_log_time, last_log_step = time.time(), done
 
-      preempted = preemption.reached(done)
-      if (done % config.checkpoint_every_steps == 0 or
-          done == plan.total_steps or preempted):
+      if save_due:
         checkpointing.save(manager, state, config, force=preempted)
       if preempted:
         logging.warning('Stopped by preemption at step %d.', done)
         break
-  manager.wait_until_finished()
-  manager.close()
-  writer.flush()
-  writer.close()
   return state
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v if isinstance(v, (int, float, str, bool)) else str(v)
-  return out
+@contextlib.contextmanager
+def _finishing(manager, writer):
+  """Finishes in-flight checkpoint writes and metrics, also on an error."""
+  try:
+    yield
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()

@@ -27,9 +27,9 @@ def _raw_idx(name):
   return np.frombuffer(raw, np.uint8, offset=16 if 'images' in name else 8)
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
+@pytest.fixture(name='data_dir')
+def _data_dir(fixture_data_dir):
+  return fixture_data_dir
 
 
 def _config(data_dir, **overrides):
@@ -42,9 +42,14 @@ def _config(data_dir, **overrides):
   return cfg
 
 
+def _source(s, split):
+  return sources.open_source(s, split)
+
+
 def _host_batches(cfg, start_step, rows, n):
   s = settings_lib.resolve(cfg)
-  it = pipeline.build_train_dataset(s, start_step, *rows).as_numpy_iterator()
+  source = _source(s, sources.train_split(s))
+  it = pipeline.build_train_dataset(s, source, start_step, *rows).as_numpy_iterator()
   return [next(it) for _ in range(n)]
 
 
@@ -132,11 +137,11 @@ def test_online_target_swap_every_step(data_dir):
   # The same example at an even and an odd step: the two pipelines' crops
   # trade places (the device then colours them as their pipeline).
   s = settings_lib.resolve(_config(data_dir))
-  reader = pipeline._Reader(s, 'train', None)  # pylint: disable=protected-access
-  example = pipeline._train_example_fn(s, reader)  # pylint: disable=protected-access
-  image, label = reader.read(5)
+  source = sources.open_source(s, 'train')
+  example = pipeline.train_example(s, source)
+  images, labels = source.read(np.array([5]))
   even, odd = (example(tf.constant(step, tf.int64), tf.constant(1, tf.int64),
-                       tf.constant(5, tf.int64), image, label)
+                       tf.constant(5, tf.int64), images[0], labels[0])
                for step in (2, 3))
   np.testing.assert_array_equal(even['online_large'], odd['target_large'])
   np.testing.assert_array_equal(even['target_large'], odd['online_large'])
@@ -163,7 +168,8 @@ def test_eval_test_mode_is_identity_and_counts_each_example_once(data_dir):
   batch, seen = 24, []  # 64 = 24 + 24 + 16: the last batch has 8 padding rows.
   for rows in [(0, 12), (12, 24)]:
     s2 = settings_lib.dataclasses.replace(s, eval_batch_size=batch)
-    batches = list(pipeline.build_eval_dataset(s2, 'test', 'test', *rows).as_numpy_iterator())
+    ds = pipeline.build_eval_dataset(s2, _source(s, 'test'), 'test', *rows)
+    batches = list(ds.as_numpy_iterator())
     assert len(batches) == 3
     for b in batches:
       assert b['image'].shape == (12, 28, 28, 1) and b['mask'].dtype == np.bool_
@@ -203,103 +209,41 @@ def test_bank_fill_in_index_order_with_padding(data_dir):
 
 def test_imagenet_jpeg_path_with_tfds_mock_data(tmp_path):
   cfg = ml_collections.ConfigDict(dict(
-      batch_size=4, seed=0,
-      data=dict(dataset='imagenet2012', data_dir=str(tmp_path), image_size=32,
-                small_image_size=16, num_small_crops=2, random_access=True)))
+      batch_size=4, seed=0, data=data.default_data_config('imagenet2012')))
+  cfg.data.update(dict(data_dir=str(tmp_path), image_size=32,
+                       small_image_size=16, num_small_crops=2))
   with tfds.testing.mock_data(num_examples=10):
     assert data.num_train_examples(cfg) == 10
     s = settings_lib.resolve(cfg)
-    b0 = next(pipeline.build_train_dataset(s, 0, 0, 4).as_numpy_iterator())
+    b0 = next(pipeline.build_train_dataset(s, _source(s, 'train'), 0, 0, 4)
+              .as_numpy_iterator())
     assert b0['online_large'].shape == (4, 2, 32, 32, 3)
     assert b0['online_small'].shape == (4, 2, 16, 16, 3)
     assert b0['target_large'].dtype == np.uint8
-    ev = list(pipeline.build_eval_dataset(s, 'validation', 'test', 0, 4).as_numpy_iterator())
+    ev = list(pipeline.build_eval_dataset(s, _source(s, 'validation'), 'test',
+                                          0, 4).as_numpy_iterator())
     assert sum(int(b['mask'].sum()) for b in ev) == 10
     assert ev[0]['image'].shape == (4, 32, 32, 3)
 
 
-# ------------------------------------------------------------------------------------------
-# Streaming fallback (TFRecord-only copies): tfds mock whose as_dataset iterates like TFRecord
-# files, honouring absolute slices; example i is a JPEG with label i.
-
-N_STREAM = 23
-
-
-def _stream_mock():
-  import re
-  import tensorflow as tf
-  jpegs = [tf.io.encode_jpeg(np.full((30 + i % 7, 40 - i % 5, 3), 10 * (i % 20), np.uint8)).numpy()
-           for i in range(N_STREAM)]
-
-  def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False, **kw):
-    del self, decoders, read_config, kw
-    assert not shuffle_files
-    m = re.fullmatch(r'(\w+)(?:\[(\d*):(\d*)\])?', split)
-    lo, hi = int(m.group(2) or 0), int(m.group(3) or N_STREAM)
-    return tf.data.Dataset.from_tensor_slices(
-        {'image': jpegs[lo:hi], 'label': np.arange(lo, hi, dtype=np.int64)})
-
-  return tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, as_dataset_fn=as_dataset)
+def test_tfrecord_only_copy_names_the_conversion(data_dir):
+  # The offline Fashion-MNIST copy is TFRecord only: no random access.
+  s = settings_lib.resolve(_config(data_dir))
+  with pytest.raises(data.DataNotFoundError,
+                     match='tfds convert_format --dataset_version_dir=.*'
+                     'fashion_mnist.*--out_file_format=array_record'):
+    sources.JpegSource(s, 'train')
 
 
-def _stream_config(tmp_path, batch_size=4, random_access='auto'):
-  return ml_collections.ConfigDict(dict(
-      batch_size=batch_size, seed=1,
-      data=dict(dataset='imagenet2012', data_dir=str(tmp_path), image_size=24,
-                small_image_size=12, num_small_crops=2, random_access=random_access,
-                shuffle_buffer=8, eval_batch_size=4)))
-
-
-def test_streaming_is_chosen_without_array_record(tmp_path):
-  with _stream_mock():
-    s = settings_lib.resolve(_stream_config(tmp_path))
-    assert not sources.use_random_access(s, 'train')  # 'auto', no array_record files.
-    assert sources.use_random_access(settings_lib.resolve(_stream_config(tmp_path, 4, True)),
-                                     'train')
-    assert data.num_train_examples(_stream_config(tmp_path)) == N_STREAM
-
-
-def test_streaming_processes_disjoint_and_cover_split(tmp_path):
-  with _stream_mock():
-    cfg = _stream_config(tmp_path, random_access=False)
-    s = settings_lib.resolve(cfg)
-    spe = data.steps_per_epoch(cfg)
-    assert spe == N_STREAM // 4
-    parts = []
-    for rows in [(0, 2), (2, 4)]:
-      it = pipeline.build_train_dataset(s, 0, *rows).as_numpy_iterator()
-      batches = [next(it) for _ in range(spe + 1)]
-      for b in batches:
-        np.testing.assert_array_equal(b['label'], b['index'])  # Index = position in split.
-        assert b['online_large'].shape == (2, 2, 24, 24, 3)
-        assert b['online_small'].shape == (2, 2, 12, 12, 3)
-        assert np.isfinite(b['target_large']).all()
-      epoch0 = np.concatenate([b['index'] for b in batches[:spe]])
-      assert len(set(epoch0.tolist())) == len(epoch0)  # No repeats within an epoch.
-      parts.append(epoch0)
-    # Process 0 reads [0, 11), process 1 [11, 23): disjoint contiguous parts of the split.
-    assert set(parts[0]) <= set(range(0, 11)) and set(parts[1]) <= set(range(11, 23))
-    # Evaluation streams cover the split exactly once over both processes.
-    seen = []
-    for rows in [(0, 2), (2, 4)]:
-      for b in pipeline.build_eval_dataset(s, 'validation', 'test', *rows).as_numpy_iterator():
-        seen.extend(b['index'][b['mask']].tolist())
-        np.testing.assert_array_equal(b['label'][b['mask']], b['index'][b['mask']])
-        assert np.all(b['index'][~b['mask']] == N_STREAM)
-    np.testing.assert_array_equal(np.sort(seen), np.arange(N_STREAM))
-    bank = list(pipeline.build_bank_fill_dataset(s, 0, 2).as_numpy_iterator())
-    idx = np.concatenate([b['index'][b['mask']] for b in bank])
-    np.testing.assert_array_equal(idx, np.arange(11))
-
-
-def test_streaming_resume_equals_uninterrupted(tmp_path):
-  with _stream_mock():
-    s = settings_lib.resolve(_stream_config(tmp_path, random_access=False))
-    it = pipeline.build_train_dataset(s, 0, 2, 4).as_numpy_iterator()
-    full = [next(it) for _ in range(8)]
-    it = pipeline.build_train_dataset(s, 3, 2, 4).as_numpy_iterator()
-    resumed = [next(it) for _ in range(5)]  # Crosses the epoch boundary at step 5.
-    for a, b in zip(full[3:], resumed):
-      for k in a:
-        np.testing.assert_array_equal(a[k], b[k])
-    assert not np.array_equal(full[0]['index'], full[5]['index'])  # Reshuffled per epoch.
+def test_config_fields_are_read_not_invented(data_dir):
+  cfg = _config(data_dir)
+  cfg.data.unknown_field = 1
+  with pytest.raises(ValueError, match='unknown_field'):
+    settings_lib.resolve(cfg)
+  cfg = _config(data_dir)
+  del cfg.data['prefetch']
+  with pytest.raises(ValueError, match='prefetch'):
+    settings_lib.resolve(cfg)
+  s = settings_lib.resolve(_config(data_dir))
+  assert s.eval_batch_size == 16  # None: the training batch.
+  assert s.mean == (0.2860,) and s.large_scale == (0.2, 1.0)

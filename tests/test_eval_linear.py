@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import optax
 
 from smog_jax import sharding
 from smog_jax.evaluation import linear
@@ -21,7 +22,8 @@ def test_fits_linearly_separable_data():
   mesh = sharding.make_mesh()
   logged = []
   cfg = linear.LinearConfig(epochs=8, batch_size=64, learning_rate=0.3,
-                            weight_decay=1e-6, seed=1)
+                            momentum=0.9, weight_decay=1e-6,
+                            standardize=True, seed=1, eval_batch_size=48)
   state = linear.fit_linear(train_x, train_y, 4, cfg, mesh,
                             log_fn=logged.append)
   result = linear.evaluate_probe(state, test_x, test_y, mesh, batch_size=48)
@@ -38,7 +40,7 @@ def test_masked_rows_do_not_count():
   state = linear.init_probe(
       jax.random.key(0), 3,
       np.zeros(5, np.float32), np.ones(5, np.float32),
-      linear.make_probe_optimizer(0.1, 10))
+      optax.sgd(0.1))
   x = rng.normal(size=(4, 5)).astype(np.float32)
   y = np.array([0, 1, 2, 0])
   full, _ = linear.probe_loss_and_metrics(state.params, state, x[:2], y[:2],

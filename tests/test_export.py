@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -12,27 +14,14 @@ import optax
 import pytest
 
 from smog_jax import export
-from smog_jax.evaluation import fakes
 
-IMAGE_SIZE = 8
-
-
-fakes.register_tiny_backbone()  # Compiles in well under a second.
+IMAGE_SIZE = 28  # The `:tiny` pre-training config's (Fashion-MNIST).
 
 
-def tiny_model_config():
-  return ml_collections.ConfigDict(dict(
-      backbone=fakes.TINY_BACKBONE, width=8, stem='cifar', dtype='float32',
-      bn_momentum=0.9, projector_hidden_dim=16, predictor_hidden_dim=16,
-      projection_dim=8, head_activation='relu'))
-
-
-@pytest.fixture(scope='module')
-def pretrained(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('pretrain'))
-  config = fakes.fake_pretraining_config(tiny_model_config(), IMAGE_SIZE)
-  state = fakes.write_fake_pretraining_workdir(workdir, config, step=7)
-  return workdir, state
+@pytest.fixture(name='pretrained')
+def _pretrained(pretrain):
+  workdir, config, state = pretrain
+  return workdir, config.model, state
 
 
 def _images(n=6, seed=0):
@@ -40,28 +29,29 @@ def _images(n=6, seed=0):
       size=(n, IMAGE_SIZE, IMAGE_SIZE, 1)).astype(np.float32)
 
 
-def _original_features(state, images):
-  module = export.models.build_backbone(tiny_model_config())
+def _original_features(model_config, state, images):
+  module = export.models.build_backbone(model_config)
   variables = {'params': state.params['backbone'],
                'batch_stats': state.batch_stats['backbone']}
   return module.apply(variables, images, train=False)
 
 
 def test_load_from_workdir_is_the_online_backbone(pretrained):
-  workdir, state = pretrained
+  workdir, model_config, state = pretrained
   module, variables = export.load_backbone(workdir)
   np.testing.assert_allclose(
       module.apply(variables, _images(), train=False),
-      _original_features(state, _images()), rtol=1e-6, atol=1e-6)
+      _original_features(model_config, state, _images()), rtol=1e-6,
+      atol=1e-6)
 
 
 def test_export_round_trip(pretrained, tmp_path):
-  workdir, state = pretrained
+  workdir, model_config, state = pretrained
   out = export.export_backbone(workdir, str(tmp_path / 'exported'))
   with open(os.path.join(out, export.DESCRIPTION_FILE)) as f:
     desc = json.load(f)
   assert desc['step'] == 7
-  assert desc['model']['backbone'] == fakes.TINY_BACKBONE
+  assert desc['model']['backbone'] == model_config.backbone
   assert desc['preprocessing']['image_size'] == IMAGE_SIZE
   assert desc['preprocessing']['channels'] == 1
   assert len(desc['preprocessing']['mean']) == 1
@@ -72,7 +62,8 @@ def test_export_round_trip(pretrained, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, info.variables, original)
   np.testing.assert_allclose(
       info.module.apply(info.variables, _images(), train=False),
-      _original_features(state, _images()), rtol=1e-6, atol=1e-6)
+      _original_features(model_config, state, _images()), rtol=1e-6,
+      atol=1e-6)
   with pytest.raises(FileExistsError):
     export.export_backbone(workdir, out)
 
@@ -88,7 +79,7 @@ class Classifier(nn.Module):
 
 
 def test_downstream_classifier_trains_one_step(pretrained, tmp_path):
-  workdir, _ = pretrained
+  workdir, _, _ = pretrained
   out = export.export_backbone(workdir, str(tmp_path / 'exported'))
   backbone, loaded = export.load_backbone(out)
   model = Classifier(backbone, num_classes=3)
@@ -116,3 +107,34 @@ def test_downstream_classifier_trains_one_step(pretrained, tmp_path):
       params['backbone']))
   assert any(changed)  # Fine-tuning reaches the backbone too.
   assert np.isfinite(float(loss_fn(new_params)))
+
+
+# TensorFlow looks uninstalled: `import` fails and `find_spec` (which etils
+# uses to pick a file backend) answers None.
+_BLOCK_TENSORFLOW = """
+import importlib.abc, sys
+
+class BlockTensorFlow(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0].startswith('tensorflow'):
+      raise ImportError(f'{name} is blocked')
+
+sys.meta_path.insert(0, BlockTensorFlow())
+sys.modules.update(tensorflow=None, tensorflow_datasets=None)
+import numpy as np
+import smog_jax.grouping, smog_jax.models, smog_jax.train
+from smog_jax import export
+module, variables = export.load_backbone(sys.argv[1])
+features = module.apply(variables, np.zeros((2, 28, 28, 1)), train=False)
+assert features.shape[0] == 2 and not any(
+    m.startswith('tensorflow') and sys.modules[m] for m in sys.modules)
+print('ok')
+"""
+
+
+def test_models_step_and_export_import_without_tensorflow(pretrained):
+  result = subprocess.run(
+      [sys.executable, '-c', _BLOCK_TENSORFLOW, pretrained[0]],
+      capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'), check=False)
+  assert result.stdout.strip().endswith('ok'), result.stderr[-3000:]

@@ -8,6 +8,7 @@ repeated runs from recompiling.
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,8 +17,9 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+
+from smog_jax import checkpointing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, 'tests', 'data', 'fashion_mnist')
@@ -71,11 +73,15 @@ def _run(shared, workdir, devices=8, extra=()):
   return workdir
 
 
-def _tail(shared, workdir):
+def _log(shared, workdir):
   path = os.path.join(str(shared['root']),
                       f'{os.path.basename(str(workdir))}.log')
   with open(path, 'rb') as f:
-    return f.read()[-3000:].decode(errors='replace')
+    return f.read().decode(errors='replace')
+
+
+def _tail(shared, workdir):
+  return _log(shared, workdir)[-3000:]
 
 
 def _checkpoint_steps(workdir):
@@ -86,14 +92,8 @@ def _checkpoint_steps(workdir):
 
 
 def _final_state(workdir):
-  step = _checkpoint_steps(workdir)[-1]
-  path = os.path.join(str(workdir), 'checkpoints', str(step), 'state')
-  checkpointer = ocp.PyTreeCheckpointer()
-  meta = checkpointer.metadata(path)
-  meta = getattr(getattr(meta, 'item_metadata', meta), 'tree', meta)
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  return step, checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-      restore_args=args))
+  _, state, step = checkpointing.load_host_state(str(workdir))
+  return step, state
 
 
 def _assert_same_state(a, b, rtol, atol):
@@ -188,8 +188,8 @@ def test_sigterm_saves_then_resumes_on_one_device(shared, uninterrupted):
   with open(os.path.join(str(workdir), 'metrics.jsonl')) as f:
     last_logged = [json.loads(line)['step'] for line in f][-1]
   assert steps[-1] == last_logged  # saved at the step it stopped
-  if steps[-1] < TOTAL_STEPS:
-    _run(shared, workdir, devices=1)
+  assert steps[-1] < TOTAL_STEPS, 'the run ended before SIGTERM arrived'
+  _run(shared, workdir, devices=1)
   _, want = _final_state(uninterrupted)
   _, got = _final_state(workdir)
   _assert_same_state(got, want, rtol=2e-4, atol=2e-5)
@@ -201,15 +201,109 @@ def _free_port():
     return s.getsockname()[1]
 
 
+def _start_two_processes(shared, workdir, extra=()):
+  """Two processes of 4 devices each, one run: the 8 devices of the others."""
+  address = f'127.0.0.1:{_free_port()}'
+  return [_start(shared, workdir, devices=4, extra=(
+      f'--coordinator_address={address}', '--num_processes=2',
+      f'--process_id={i}', *extra)) for i in range(2)]
+
+
 def test_two_processes_equal_one_process(shared, uninterrupted):
   workdir = shared['root'] / 'two_processes'
-  address = f'127.0.0.1:{_free_port()}'
-  procs = [
-      _start(shared, workdir, devices=4, extra=(
-          f'--coordinator_address={address}', '--num_processes=2',
-          f'--process_id={i}'))
-      for i in range(2)]
-  for p in procs:
+  for p in _start_two_processes(shared, workdir):
+    assert p.wait(timeout=TIMEOUT) == 0, _tail(shared, workdir)
+  _, want = _final_state(uninterrupted)
+  _, got = _final_state(workdir)
+  _assert_same_state(got, want, rtol=2e-4, atol=2e-5)
+
+
+def test_one_device_checkpoint_resumes_on_eight(shared, uninterrupted):
+  workdir = shared['root'] / 'one_then_eight'
+  proc = _start(shared, workdir, devices=1)
+  _wait_for_checkpoint(proc, workdir, 4)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert _checkpoint_steps(workdir)[-1] < TOTAL_STEPS
+  _run(shared, workdir, devices=8)
+  _, want = _final_state(uninterrupted)
+  _, got = _final_state(workdir)
+  _assert_same_state(got, want, rtol=2e-4, atol=2e-5)
+
+
+def _copy(shared, uninterrupted, name):
+  workdir = shared['root'] / name
+  shutil.copytree(str(uninterrupted), str(workdir))
+  return workdir
+
+
+def _fails(shared, workdir, extra):
+  proc = _start(shared, workdir, extra=extra)
+  assert proc.wait(timeout=TIMEOUT) == 1, _tail(shared, workdir)
+  log = _log(shared, workdir)
+  assert 'Traceback' not in log
+  return log
+
+
+def test_corrupted_newest_checkpoint_falls_back_to_the_previous(
+    shared, uninterrupted):
+  workdir = _copy(shared, uninterrupted, 'corrupted')
+  state_dir = os.path.join(str(workdir), 'checkpoints', '8', 'state')
+  for root, _, files in os.walk(state_dir):
+    for name in files:  # Truncate every file of the state to half its size.
+      path = os.path.join(root, name)
+      os.truncate(path, os.path.getsize(path) // 2)
+  _run(shared, workdir)
+  log = _log(shared, workdir)
+  assert 'Checkpoint 8 in' in log and 'Resumed from step 6' in log
+  assert os.path.isdir(os.path.join(str(workdir), 'checkpoints',
+                                    '8.unreadable'))  # Set aside, kept.
+  _, want = _final_state(uninterrupted)
+  _, got = _final_state(workdir)  # Steps 7 and 8 again, from step 6.
+  _assert_same_state(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_resume_with_another_config_is_refused_naming_the_fields(
+    shared, uninterrupted):
+  workdir = _copy(shared, uninterrupted, 'other_config')
+  log = _fails(shared, workdir, ('--config.smog.num_groups=6',
+                                 '--config.batch_size=8'))
+  assert 'batch_size: 16 -> 8' in log and 'smog.num_groups: 8 -> 6' in log
+  assert 'new --workdir' in log
+  log = _fails(shared, workdir, ('--config.total_steps=10',))
+  assert 'total_steps: 8 -> 10' in log and 'allow_config_change' in log
+  assert _checkpoint_steps(workdir) == [4, 6, 8]  # Nothing written.
+  _run(shared, workdir, extra=('--config.total_steps=10',
+                               '--config.allow_config_change=True'))
+  assert _checkpoint_steps(workdir)[-1] == 10
+
+
+def test_non_finite_step_stops_and_keeps_the_last_good_checkpoint(shared):
+  workdir = shared['root'] / 'nan'
+  # The learning rate jumps to 1e38 after step 1: step 2's update overflows.
+  log = _fails(shared, workdir, ('--config.optimizer.peak_lr=1e38',
+                                 '--config.checkpoint_every_steps=1'))
+  assert 'Step 2 produced a non-finite' in log
+  assert 'step 1, is kept' in log
+  assert _checkpoint_steps(workdir) == [1]
+  _, state = _final_state(workdir)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state))
+  with open(os.path.join(str(workdir), 'metrics.jsonl')) as f:
+    assert [json.loads(line)['step'] for line in f] == [1]
+
+
+def test_lost_process_stops_the_other_then_both_resume(shared, uninterrupted):
+  workdir = shared['root'] / 'lost_process'
+  procs = _start_two_processes(shared, workdir,
+                               ('--heartbeat_timeout_seconds=10',))
+  _wait_for_checkpoint(procs[0], workdir, 2)
+  procs[1].send_signal(signal.SIGKILL)
+  killed_at = time.time()
+  assert procs[0].wait(timeout=120) == 1  # No hang.
+  assert time.time() - killed_at < 120
+  assert 'lost contact with another process' in _log(shared, workdir)
+  assert _checkpoint_steps(workdir)[-1] < TOTAL_STEPS
+  for p in _start_two_processes(shared, workdir):
     assert p.wait(timeout=TIMEOUT) == 0, _tail(shared, workdir)
   _, want = _final_state(uninterrupted)
   _, got = _final_state(workdir)

@@ -18,7 +18,7 @@ FLIP_DRAW = 4 * CROP_ATTEMPTS
 DRAWS_PER_VIEW = FLIP_DRAW + 1
 
 
-def crop_windows(u: tf.Tensor, height, width, scale: Sequence[float],
+def crop_windows(draws: tf.Tensor, height, width, scale: Sequence[float],
                  ratio: Sequence[float]) -> tf.Tensor:
   """RandomResizedCrop windows, as torchvision samples them, vectorised.
 
@@ -27,7 +27,7 @@ def crop_windows(u: tf.Tensor, height, width, scale: Sequence[float],
   largest centred crop with its aspect ratio clamped into `ratio`.
 
   Args:
-    u: f32 `[n, CROP_ATTEMPTS, 4]` uniforms.
+    draws: f32 `[n, CROP_ATTEMPTS, 4]` uniforms in [0, 1).
     height, width: image size (scalar tensors).
     scale: (min, max) fraction of the image area.
     ratio: (min, max) aspect ratio w / h.
@@ -37,15 +37,15 @@ def crop_windows(u: tf.Tensor, height, width, scale: Sequence[float],
   """
   h = tf.cast(height, tf.float32)
   w = tf.cast(width, tf.float32)
-  area = h * w * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+  area = h * w * (scale[0] + (scale[1] - scale[0]) * draws[..., 0])
   log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-  aspect = tf.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+  aspect = tf.exp(log_lo + (log_hi - log_lo) * draws[..., 1])
   cw = tf.round(tf.sqrt(area * aspect))
   ch = tf.round(tf.sqrt(area / aspect))
   fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
   # Offsets uniform in [0, h - ch], as torch.randint(0, h - ch + 1).
-  oy = tf.floor(u[..., 2] * (h - ch + 1))
-  ox = tf.floor(u[..., 3] * (w - cw + 1))
+  oy = tf.floor(draws[..., 2] * (h - ch + 1))
+  ox = tf.floor(draws[..., 3] * (w - cw + 1))
   first = tf.argmax(tf.cast(fits, tf.int32), axis=-1, output_type=tf.int32)
   pick = lambda t: tf.gather(t, first, axis=1, batch_dims=1)
   sampled = tf.stack([pick(oy), pick(ox), pick(ch), pick(cw)], axis=-1)

@@ -8,9 +8,9 @@ equal similarity to the lowest training row, as `lax.top_k` orders them).
 
 The test rows are processed in chunks inside one compiled `lax.map`, so the
 `[chunk, N]` similarity block bounds memory whatever the size of the test set.
-With a mesh the training rows are split over its `data` axis: each device
-keeps the top-k of its own shard and only `k` candidates per device are
-gathered, so no device ever holds all `N` similarities of a row.
+The training rows are split over the mesh's `data` axis: each device keeps
+the top-k of its own shard and only `k` candidates per device are gathered,
+so no device ever holds all `N` similarities of a row.
 """
 
 from __future__ import annotations
@@ -23,16 +23,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from smog_jax import sharding as sharding_lib
+from smog_jax.grouping import l2_normalize
 
 # Elements of the [chunk, N] similarity block per device when choosing the
 # chunk size automatically (~256 MiB of float32).
 _DEFAULT_BLOCK_ELEMENTS = 64 * 1024 * 1024
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """Rows scaled to unit L2 norm (zero rows stay zero)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-  return x / jnp.maximum(norm, eps)
 
 
 def _vote(sims: jax.Array, labels: jax.Array, num_classes: int,
@@ -58,20 +53,6 @@ def _chunked(test: jax.Array, chunk_size: int, fn) -> jax.Array:
   return out.reshape((-1,) + out.shape[2:])[:num_test]
 
 
-@functools.partial(jax.jit,
-                   static_argnames=('num_classes', 'k', 'chunk_size', 'top'))
-def _predict_single(train: jax.Array, train_labels: jax.Array,
-                    test: jax.Array, *, num_classes: int, k: int,
-                    temperature: float, chunk_size: int, top: int) -> jax.Array:
-  train = l2_normalize(train)
-
-  def chunk_fn(block):
-    sims, idx = jax.lax.top_k(l2_normalize(block) @ train.T, k)
-    return _vote(sims, train_labels[idx], num_classes, temperature, top)
-
-  return _chunked(test, chunk_size, chunk_fn)
-
-
 def _local_then_global_topk(block: jax.Array, train: jax.Array,
                             labels: jax.Array, valid: jax.Array, k: int):
   """Inside shard_map: top-k of this device's train shard, then of the union.
@@ -91,7 +72,7 @@ def _local_then_global_topk(block: jax.Array, train: jax.Array,
 
 @functools.partial(jax.jit, static_argnames=('num_classes', 'k', 'chunk_size',
                                              'top', 'mesh'))
-def _predict_sharded(train: jax.Array, train_labels: jax.Array,
+def _predict(train: jax.Array, train_labels: jax.Array,
                      valid: jax.Array, test: jax.Array, *, num_classes: int,
                      k: int, temperature: float, chunk_size: int,
                      top: int, mesh: Mesh) -> jax.Array:
@@ -125,7 +106,8 @@ def knn_classify(train_features: np.ndarray | jax.Array,
     k: neighbours per test row (clamped to N).
     temperature: T of the `exp(sim / T)` vote weights.
     top: classes returned per row, best first (clamped to C).
-    mesh: optional 1-D `data` mesh; the training rows are split over it.
+    mesh: the 1-D `data` mesh the training rows are split over (default:
+      every device).
     chunk_size: test rows per block; default keeps each device's similarity
       block near 256 MiB.
 
@@ -142,50 +124,21 @@ def knn_classify(train_features: np.ndarray | jax.Array,
   if test.shape[0] == 0:
     return np.zeros((0, top), np.int32)
   k = max(1, min(int(k), train.shape[0]))
-  devices = 1 if mesh is None else mesh.size
-  rows_per_device = -(-train.shape[0] // devices)
+  mesh = sharding_lib.make_mesh() if mesh is None else mesh
+  rows_per_device = -(-train.shape[0] // mesh.size)
   if chunk_size is None:
     chunk_size = max(1, min(1024, _DEFAULT_BLOCK_ELEMENTS // rows_per_device))
   chunk_size = max(1, min(int(chunk_size), test.shape[0]))
-  kwargs = dict(num_classes=int(num_classes), k=k,
-                temperature=float(temperature), chunk_size=chunk_size, top=top)
-  if mesh is None:
-    pred = _predict_single(train, labels, test, **kwargs)
-  else:
-    pad = rows_per_device * devices - train.shape[0]
-    valid = np.arange(train.shape[0] + pad) < train.shape[0]
-    train = np.pad(train, ((0, pad), (0, 0)))
-    labels = np.pad(labels, (0, pad))
-    put = lambda x, s: jax.device_put(x, NamedSharding(mesh, s))
-    pred = _predict_sharded(
-        put(train, P(sharding_lib.DATA_AXIS)),
-        put(labels, P(sharding_lib.DATA_AXIS)),
-        put(valid, P(sharding_lib.DATA_AXIS)), put(test, P()),
-        mesh=mesh, **kwargs)
+  pad = rows_per_device * mesh.size - train.shape[0]
+  valid = np.ones(train.shape[0], bool)  # Padded with False.
+  put = lambda x, s: jax.device_put(x, NamedSharding(mesh, s))
+  shard = lambda x: put(np.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)),
+                        P(sharding_lib.DATA_AXIS))
+  pred = _predict(shard(train), shard(labels), shard(valid), put(test, P()),
+                  num_classes=int(num_classes), k=k,
+                  temperature=float(temperature), chunk_size=chunk_size,
+                  top=top, mesh=mesh)
   return np.asarray(jax.device_get(pred)).astype(np.int32)
-
-
-def knn_top1(train_features: np.ndarray | jax.Array,
-             train_labels: np.ndarray | jax.Array,
-             test_features: np.ndarray | jax.Array,
-             test_labels: np.ndarray | jax.Array,
-             num_classes: int, k: int = 20, temperature: float = 0.07,
-             *, mesh: Mesh | None = None,
-             chunk_size: int | None = None) -> float:
-  """Top-1 accuracy (fraction in [0, 1]) of the weighted kNN classifier.
-
-  Args and defaults as `knn_classify`; `test_labels` is `[T]`.
-
-  Returns:
-    The fraction of test rows whose predicted class equals their label.
-  """
-  test_labels = np.asarray(test_labels)
-  if test_labels.shape[0] == 0:
-    return float('nan')
-  pred = knn_classify(train_features, train_labels, test_features,
-                      num_classes, k, temperature, mesh=mesh,
-                      chunk_size=chunk_size)
-  return float(np.mean(pred[:, 0] == test_labels))
 
 
 def knn_accuracy(train_features: np.ndarray | jax.Array,
@@ -195,11 +148,21 @@ def knn_accuracy(train_features: np.ndarray | jax.Array,
                  num_classes: int, k: int = 20, temperature: float = 0.07,
                  *, mesh: Mesh | None = None,
                  chunk_size: int | None = None) -> dict[str, float]:
-  """`{'top1', 'top5'}` accuracies (fractions) of the weighted kNN vote."""
+  """`{'top1', 'top5'}` accuracies (fractions; NaN without test rows).
+
+  Args as `knn_classify`; `test_labels` is `[T]`.
+  """
   test_labels = np.asarray(test_labels)
+  if test_labels.shape[0] == 0:
+    return dict(top1=float('nan'), top5=float('nan'))
   pred = knn_classify(train_features, train_labels, test_features,
                       num_classes, k, temperature, top=5, mesh=mesh,
                       chunk_size=chunk_size)
   hit = pred == test_labels[:, None]
   return dict(top1=float(np.mean(hit[:, 0])),
               top5=float(np.mean(hit.any(axis=1))))
+
+
+def knn_top1(*args, **kwargs) -> float:
+  """`knn_accuracy(...)['top1']`."""
+  return knn_accuracy(*args, **kwargs)['top1']

@@ -1,0 +1,102 @@
+"""Checks of a pre-training config before anything is compiled.
+
+Each problem is one sentence naming the field, the value and the fix, raised
+as `ConfigError`; `smog_jax.main` prints it without a traceback.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from smog_jax import models
+from smog_jax import optim
+from smog_jax.data import settings as data_settings
+from smog_jax.data import sources
+
+
+class ConfigError(ValueError):
+  """A config value the run cannot use; the message says how to fix it."""
+
+
+def _check(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def _check_choices(config: ml_collections.ConfigDict) -> None:
+  model, opt, data = config.model, config.optimizer, config.data
+  _check(model.backbone in models.BACKBONES,
+         f'Unknown backbone {model.backbone!r}: set --config.model.backbone '
+         f'to one of {sorted(models.BACKBONES)}.')
+  _check(opt.name in optim.OPTIMIZERS,
+         f'Unknown optimizer {opt.name!r}: set --config.optimizer.name to one '
+         f'of {sorted(optim.OPTIMIZERS)}.')
+  _check(data.dataset in data_settings.DATASET_PRESETS,
+         f'Unknown dataset {data.dataset!r}: set --config.data.dataset to one '
+         f'of {sorted(data_settings.DATASET_PRESETS)}.')
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+  opt, smog = config.optimizer, config.smog
+  for name in ('start_lr', 'peak_lr'):
+    _check(opt[name] > 0, f'config.optimizer.{name}={opt[name]} must be '
+           f'positive: set --config.optimizer.{name} to a value > 0.')
+  _check(opt.end_lr >= 0, f'config.optimizer.end_lr={opt.end_lr} must not '
+         'be negative: set --config.optimizer.end_lr to a value >= 0.')
+  _check(smog.temperature > 0, f'config.smog.temperature={smog.temperature} '
+         'must be positive: set --config.smog.temperature to a value > 0 '
+         '(the reference uses 0.1).')
+  momenta = {'smog.ema_momentum': smog.ema_momentum,
+             'smog.group_momentum_start': smog.group_momentum_start,
+             'smog.group_momentum_end': smog.group_momentum_end}
+  if 'momentum' in opt:
+    momenta['optimizer.momentum'] = opt.momentum
+  for name, value in momenta.items():
+    _check(0.0 <= value <= 1.0, f'config.{name}={value} is outside [0, 1]: '
+           f'set --config.{name} to a momentum between 0 and 1.')
+  for name in ('num_heads', 'num_groups', 'kmeans_iters'):
+    _check(smog[name] >= 1, f'config.smog.{name}={smog[name]} must be at '
+           f'least 1: set --config.smog.{name}.')
+
+
+def _check_sizes(config: ml_collections.ConfigDict, num_devices: int,
+                 num_processes: int, num_examples: int) -> None:
+  batch, data = config.batch_size, config.data
+  _check(batch % num_devices == 0,
+         f'batch_size={batch} is not divisible by the {num_devices} devices: '
+         f'set --config.batch_size to a multiple of {num_devices}.')
+  _check(batch % num_processes == 0,
+         f'batch_size={batch} is not divisible by the {num_processes} '
+         'processes: set --config.batch_size to a multiple of '
+         f'{num_processes}.')
+  _check(batch <= num_examples,
+         f'batch_size={batch} exceeds the {num_examples} training examples: '
+         'lower --config.batch_size (or raise --config.data.train_slice).')
+  groups = config.smog.num_groups
+  _check(groups <= num_examples,
+         f'config.smog.num_groups={groups} exceeds the {num_examples} rows of '
+         'the memory bank (one per training example), so k-means cannot '
+         'seed every group: lower --config.smog.num_groups.')
+  size, small = data.image_size, data.small_image_size
+  _check(small <= size,
+         f'config.data.small_image_size={small} exceeds image_size={size}: '
+         'set --config.data.small_image_size <= image_size.')
+  native = sources.NATIVE_IMAGE_SIZE.get(data.dataset)
+  _check(native is None or size <= native,
+         f'config.data.image_size={size} exceeds the {native} px images of '
+         f'{data.dataset}: set --config.data.image_size <= {native}.')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int,
+             num_processes: int, num_examples: int) -> None:
+  """Raises `ConfigError` for the first value the run cannot use.
+
+  Args:
+    config: the pre-training config.
+    num_devices: devices of the mesh.
+    num_processes: JAX processes.
+    num_examples: training examples (rows of the memory bank).
+  """
+  _check_choices(config)
+  _check_ranges(config)
+  _check_sizes(config, num_devices, num_processes, num_examples)

@@ -1,0 +1,101 @@
+"""Config validation: each bad value is one clear sentence, before compiling."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from smog_jax import validation
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(REPO, 'tests', 'data', 'fashion_mnist')
+
+
+def _config(**changes):
+  spec = importlib.util.spec_from_file_location(
+      'fashion_mnist', os.path.join(REPO, 'configs', 'fashion_mnist.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('tiny')
+  for path, value in changes.items():
+    *parents, name = path.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[name] = value
+  return config
+
+
+def _error(config, devices=8, processes=1, examples=64):
+  with pytest.raises(validation.ConfigError) as info:
+    validation.validate(config, devices, processes, examples)
+  message = str(info.value)
+  assert message.count('. ') == 0 and message.endswith('.'), message
+  return message
+
+
+def test_the_tiny_config_is_valid():
+  validation.validate(_config(), 8, 2, 64)
+
+
+@pytest.mark.parametrize('changes,devices,processes,examples,words', [
+    (dict(batch_size=12), 8, 1, 64, ['batch_size=12', '8 devices',
+                                     'multiple of 8']),
+    (dict(batch_size=16), 1, 3, 64, ['3 processes']),
+    (dict(batch_size=128), 8, 1, 64, ['exceeds the 64 training examples']),
+    ({'smog.num_groups': 100}, 8, 1, 64, ['num_groups=100', '64 rows']),
+    ({'data.small_image_size': 40}, 8, 1, 64, ['small_image_size=40']),
+    ({'data.image_size': 56}, 8, 1, 64, ['image_size=56', '28 px']),
+    ({'model.backbone': 'resnet9000'}, 8, 1, 64, ["'resnet9000'",
+                                                   'resnet50']),
+    ({'optimizer.name': 'rmsprop'}, 8, 1, 64, ["'rmsprop'", 'lars']),
+    ({'data.dataset': 'mnist'}, 8, 1, 64, ["'mnist'", 'fashion_mnist']),
+    ({'optimizer.peak_lr': 0.0}, 8, 1, 64, ['peak_lr=0.0', 'positive']),
+    ({'optimizer.start_lr': -1.0}, 8, 1, 64, ['start_lr=-1.0']),
+    ({'smog.temperature': 0.0}, 8, 1, 64, ['temperature=0.0']),
+    ({'smog.ema_momentum': 1.5}, 8, 1, 64, ['ema_momentum=1.5', '[0, 1]']),
+    ({'smog.group_momentum_end': -0.1}, 8, 1, 64, ['group_momentum_end']),
+    ({'optimizer.momentum': 2.0}, 8, 1, 64, ['optimizer.momentum=2.0']),
+])
+def test_each_bad_value_is_named_with_its_fix(changes, devices, processes,
+                                              examples, words):
+  message = _error(_config(**changes), devices, processes, examples)
+  for word in words:
+    assert word in message, message
+  assert '--config.' in message  # The fix names the flag to set.
+
+
+def test_main_prints_one_sentence_without_a_traceback(tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'smog_jax.main', '--config',
+       os.path.join(REPO, 'configs', 'fashion_mnist.py:tiny'),
+       '--workdir', str(tmp_path / 'run'), '--config.smog.temperature=-1',
+       f'--config.data.data_dir={tmp_path / "tfds"}',
+       f'--config.data.fashion_mnist_idx_dir={FIXTURE}'],
+      cwd=str(tmp_path), env=env, capture_output=True, text=True,
+      timeout=300, check=False)
+  assert proc.returncode == 1
+  assert 'Traceback' not in proc.stderr
+  assert ('smog_jax.main: config.smog.temperature=-1.0 must be positive'
+          in proc.stderr), proc.stderr[-2000:]
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_missing_data_is_one_sentence_naming_the_ways(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'smog_jax.main', '--config',
+       os.path.join(REPO, 'configs', 'fashion_mnist.py:tiny'),
+       '--workdir', str(tmp_path / 'run'),
+       f'--config.data.data_dir={tmp_path / "empty"}',
+       f'--config.data.fashion_mnist_idx_dir={tmp_path / "none"}',
+       '--config.data.download=False'],
+      cwd=str(tmp_path), env=env, capture_output=True, text=True,
+      timeout=300, check=False)
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+  line = [l for l in proc.stderr.splitlines() if 'smog_jax.main:' in l]
+  assert len(line) == 1 and 'dataset-fashion-mnist' in line[0], line
