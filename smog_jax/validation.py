@@ -31,9 +31,9 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
   _check(opt.name in optim.OPTIMIZERS,
          f'Unknown optimizer {opt.name!r}: set --config.optimizer.name to one '
          f'of {sorted(optim.OPTIMIZERS)}.')
-  _check(data.dataset in data_settings.DATASET_PRESETS,
+  _check(data.dataset in data_settings.DATASETS,
          f'Unknown dataset {data.dataset!r}: set --config.data.dataset to one '
-         f'of {sorted(data_settings.DATASET_PRESETS)}.')
+         f'of {sorted(data_settings.DATASETS)}.')
 
 
 def _check_ranges(config: ml_collections.ConfigDict) -> None:
