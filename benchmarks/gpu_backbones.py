@@ -3,7 +3,8 @@
 For ResNet-50, Swin-T and ViT-S/16, one jitted `train.train_step` of the
 ImageNet recipe's shapes (2 x 224 px online large, 4 x 96 px online small and
 2 x 224 px target crops per image, 3 heads x 3000 groups, the recipe's
-optimiser and heads) on synthetic float inputs, in bfloat16 by default, over
+optimiser and heads) on synthetic uint8 crops (the device augmentation
+included), in bfloat16 by default, over
 every local device. Prints one line per backbone: compile seconds, step
 milliseconds and images per second (global batch / step time; an image is
 one example with all its 8 crops).
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from smog_jax import data as data_lib
 from smog_jax import models, optim, schedules, sharding, train, train_state
 
 _HEADS = dict(projector_hidden_dim=2048, predictor_hidden_dim=2048,
@@ -104,12 +106,14 @@ def _batch(config, global_batch, mesh):
   sharded = sharding.data_sharded(mesh)
 
   @functools.partial(jax.jit, static_argnums=(1, 2), out_shardings=sharded)
-  def make(key, n, s):
-    return jax.random.normal(key, (global_batch, n, s, s, 3), jnp.float32)
+  def make(key, n, s):  # The host's uint8 crops.
+    return jax.random.randint(key, (global_batch, n, s, s, 3), 0, 256,
+                              jnp.int32).astype(jnp.uint8)
 
   batch = {k: make(keys[k], n, s) for k, (n, s) in shapes.items()}
   batch['index'] = jax.device_put(jnp.arange(global_batch, dtype=jnp.int32),
                                   sharded)
+  batch['epoch'] = jax.device_put(jnp.zeros(global_batch, jnp.int32), sharded)
   return batch
 
 
@@ -118,7 +122,12 @@ def run(name: str, args, mesh) -> None:
   network = models.build_network(config.model)
   sched = schedules.from_config(config, 100_000, 1_000)
   tx = optim.make_optimizer(config.optimizer, sched.learning_rate)
-  step_config = train.StepConfig(sched, config.smog.temperature,
+  # The reference's device augmentation (smog_jax.data's settings need no
+  # TensorFlow).
+  spec = data_lib.augment_spec(ml_collections.ConfigDict(dict(
+      seed=0, batch_size=args.batch * mesh.size,
+      data=data_lib.default_data_config('imagenet2012'))))
+  step_config = train.StepConfig(sched, spec, config.smog.temperature,
                                  config.smog.centroid_gradient)
   size = config.crops.large_size
   create = functools.partial(

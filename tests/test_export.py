@@ -109,20 +109,22 @@ def test_downstream_classifier_trains_one_step(pretrained, tmp_path):
   assert np.isfinite(float(loss_fn(new_params)))
 
 
-# TensorFlow looks uninstalled: `import` fails and `find_spec` (which etils
-# uses to pick a file backend) answers None.
+# TensorFlow (and clu) look uninstalled, as on an accelerator host: `import`
+# fails and `find_spec` (which etils uses to pick a file backend) answers
+# None. The benchmarks for such hosts need exactly these modules.
 _BLOCK_TENSORFLOW = """
 import importlib.abc, sys
 
 class BlockTensorFlow(importlib.abc.MetaPathFinder):
   def find_spec(self, name, path=None, target=None):
-    if name.split('.')[0].startswith('tensorflow'):
+    if name.split('.')[0].startswith(('tensorflow', 'clu')):
       raise ImportError(f'{name} is blocked')
 
 sys.meta_path.insert(0, BlockTensorFlow())
 sys.modules.update(tensorflow=None, tensorflow_datasets=None)
 import numpy as np
-import smog_jax.grouping, smog_jax.models, smog_jax.train
+import smog_jax.augment, smog_jax.data, smog_jax.grouping, smog_jax.models
+import smog_jax.optim, smog_jax.schedules, smog_jax.train
 from smog_jax import export
 module, variables = export.load_backbone(sys.argv[1])
 features = module.apply(variables, np.zeros((2, 28, 28, 1)), train=False)

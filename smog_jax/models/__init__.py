@@ -44,7 +44,9 @@ def _resnet_kwargs(cfg: ml_collections.ConfigDict) -> dict:
   # existed (checkpoints, exports) build unchanged.
   return dict(width=cfg.get('width', 1.0), stem=cfg.get('stem', 'imagenet'),
               dtype=_dtype(cfg), bn_momentum=cfg.get('bn_momentum', 0.9),
-              remat=cfg.get('remat', False))
+              remat=cfg.get('remat', False),
+              zero_init_residual=cfg.get('zero_init_residual', True),
+              kernel_init=cfg.get('kernel_init', 'he_fan_out_normal'))
 
 
 def _resnet_factory(depth: int) -> Callable[[ml_collections.ConfigDict],

@@ -22,6 +22,24 @@ import jax.numpy as jnp
 ModuleDef = Any
 
 
+# Convolution kernel initialisers (`ResNet.kernel_init`). BN follows every
+# convolution, so at initialisation only the distribution's shape matters for
+# the features; the scale sets the effective step size of non-LARS optimisers.
+KERNEL_INITS = {
+    # He et al. 2015, as torchvision's ResNet.
+    'he_fan_out_normal': nn.initializers.variance_scaling(2.0, 'fan_out',
+                                                          'normal'),
+    # PyTorch's nn.Conv2d default, kaiming_uniform(a=sqrt(5)).
+    'torch_default': nn.initializers.variance_scaling(1 / 3, 'fan_in',
+                                                      'uniform'),
+}
+
+
+def _last_scale_init(zero: bool) -> Callable[..., jax.Array]:
+  """Scale init of a block's last BN: zeros start the block as identity."""
+  return nn.initializers.zeros if zero else nn.initializers.ones
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut."""
   filters: int
@@ -29,6 +47,7 @@ class BasicBlock(nn.Module):
   norm: ModuleDef
   act: Callable[[jax.Array], jax.Array]
   strides: int = 1
+  zero_init_residual: bool = True
 
   expansion = 1
 
@@ -38,8 +57,7 @@ class BasicBlock(nn.Module):
     y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
     y = self.act(self.norm()(y))
     y = self.conv(self.filters, (3, 3))(y)
-    # Zero-init the last BN scale: each block starts as the identity.
-    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    y = self.norm(scale_init=_last_scale_init(self.zero_init_residual))(y)
     if residual.shape != y.shape:
       residual = self.conv(self.filters, (1, 1), (self.strides, self.strides),
                            name='conv_proj')(residual)
@@ -54,6 +72,7 @@ class BottleneckBlock(nn.Module):
   norm: ModuleDef
   act: Callable[[jax.Array], jax.Array]
   strides: int = 1
+  zero_init_residual: bool = True
 
   expansion = 4
 
@@ -65,7 +84,7 @@ class BottleneckBlock(nn.Module):
     y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)
     y = self.act(self.norm()(y))
     y = self.conv(self.filters * self.expansion, (1, 1))(y)
-    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    y = self.norm(scale_init=_last_scale_init(self.zero_init_residual))(y)
     if residual.shape != y.shape:
       residual = self.conv(self.filters * self.expansion, (1, 1),
                            (self.strides, self.strides),
@@ -85,6 +104,10 @@ class ResNet(nn.Module):
     dtype: computation dtype (parameters stay float32).
     bn_momentum: running-average decay of the BN statistics.
     remat: rematerialise each block in the backward pass.
+    zero_init_residual: zero-initialise the last BN scale of every block
+      (Goyal et al. 2017: each block starts as the identity); the SMoG
+      reference (torchvision defaults) does not.
+    kernel_init: a key of `KERNEL_INITS`.
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -93,6 +116,8 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   bn_momentum: float = 0.9
   remat: bool = False
+  zero_init_residual: bool = True
+  kernel_init: str = 'he_fan_out_normal'
 
   @property
   def num_features(self) -> int:
@@ -101,9 +126,11 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    if self.kernel_init not in KERNEL_INITS:
+      raise ValueError(f'Unknown kernel_init {self.kernel_init!r}; use one of '
+                       f'{sorted(KERNEL_INITS)}.')
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=nn.initializers.variance_scaling(
-                                 2.0, 'fan_out', 'normal'))
+                             kernel_init=KERNEL_INITS[self.kernel_init])
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=1e-5,
                              dtype=self.dtype)
@@ -129,7 +156,8 @@ class ResNet(nn.Module):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
         x = block_cls(base * 2**i, conv=conv, norm=norm, act=nn.relu,
-                      strides=strides, name=next(names))(x)
+                      strides=strides, name=next(names),
+                      zero_init_residual=self.zero_init_residual)(x)
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 

@@ -1,0 +1,48 @@
+"""Named experiment configs of benchmarks/quality_fashion_mnist.py.
+
+List-valued data fields (crop scales, blur sigma) cannot be overridden from
+the command line, so the experiments that change them are named here:
+
+  --config benchmarks/quality_configs.py:pretrain/blur_ref_relative
+  --config benchmarks/quality_configs.py:linear/scale_0.5
+"""
+
+import importlib.util
+import os
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name: str):
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(_ROOT, 'configs', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+# The reference's blur sigma (0.1-2.0 px at 224 px) relative to the side.
+_REF_RELATIVE_SIGMA = (0.1 * 28 / 224, 2.0 * 28 / 224)
+
+_PRETRAIN = {
+    'blur_ref_relative': dict(blur_sigma=_REF_RELATIVE_SIGMA),
+    'no_blur': dict(blur_prob=(0.0, 0.0)),
+}
+_LINEAR = {
+    'scale_0.5': dict(linear_scale=(0.5, 1.0)),
+    'scale_0.8': dict(linear_scale=(0.8, 1.0)),
+}
+
+
+def get_config(variant: str):
+  """`pretrain/NAME` (configs/fashion_mnist.py) or `linear/NAME`
+  (configs/linear_eval.py:fashion_mnist) with the data fields of NAME."""
+  kind, name = variant.split('/')
+  if kind == 'pretrain':
+    config = _load('fashion_mnist').get_config()
+    changes = _PRETRAIN[name]
+  else:
+    config = _load('linear_eval').get_config('fashion_mnist')
+    changes = _LINEAR[name]
+  config.data.update(changes)
+  return config
