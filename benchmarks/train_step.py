@@ -49,7 +49,8 @@ def baseline_step(state, batch, *, network, tx, spec):
 
   def loss_fn(params):
     out = []
-    for key in ('online_large', 'online_small'):
+    # The views of the online crops (no small ones when the config has none).
+    for key in sorted(batch.keys() & {'online_large', 'online_small'}):
       o, _ = network.apply({'params': params,
                             'batch_stats': state.batch_stats},
                            train._merge_crops(batch[key]), train=True,

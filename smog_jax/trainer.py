@@ -240,6 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       epoch = step // plan.steps_per_epoch
       if step % plan.steps_per_epoch == 0:
         state = regroup_fn(state, jnp.asarray(epoch, jnp.int32))
+        logging.info('Regrouped for epoch %d before step %d.', epoch, step)
       state, metrics = step_fn(state, next(batches))
       done = step + 1
       if unchecked is not None:

@@ -8,6 +8,7 @@ repeated runs from recompiling.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -122,7 +123,7 @@ def uninterrupted(shared):
               extra=('--config.knn_every_epochs=0',))
 
 
-def test_tiny_run_writes_metrics_and_checkpoints(uninterrupted):
+def test_tiny_run_writes_metrics_and_checkpoints(shared, uninterrupted):
   with open(os.path.join(str(uninterrupted), 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
   # One record per logged step (log_every_steps=1), each with the contract.
@@ -143,6 +144,10 @@ def test_tiny_run_writes_metrics_and_checkpoints(uninterrupted):
   assert first['group_momentum'] == pytest.approx(1.0)
   assert last['group_momentum'] == pytest.approx(0.99, abs=1e-6)
   assert last['ema_momentum'] == pytest.approx(0.99)
+  # k-means regrouping (and the target reset) exactly at the epoch starts:
+  # 4 steps an epoch.
+  assert re.findall(r'Regrouped for epoch (\d+) before step (\d+)',
+                    _log(shared, uninterrupted)) == [('0', '0'), ('1', '4')]
   # keep_checkpoints=3 of the checkpoints every 2 steps.
   assert _checkpoint_steps(uninterrupted) == [4, 6, 8]
   step, state = _final_state(uninterrupted)
@@ -279,6 +284,8 @@ def test_resume_with_another_config_is_refused_naming_the_fields(
   _run(shared, workdir, extra=('--config.total_steps=10',
                                '--config.allow_config_change=True'))
   assert _checkpoint_steps(workdir)[-1] == 10
+  # Resumed at an epoch boundary (step 8): regrouped there first.
+  assert 'Regrouped for epoch 2 before step 8.' in _log(shared, workdir)
 
 
 def test_non_finite_step_stops_and_keeps_the_last_good_checkpoint(shared):

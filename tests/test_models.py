@@ -206,7 +206,9 @@ def test_target_network_runs_without_drop_path():
                            config=step_config)
   new, metrics = jax.jit(step)(state, b)
   # The target's BN statistics are those of a forward pass without drop path.
-  images = b['target_large'].reshape((-1,) + b['target_large'].shape[2:])
+  # (The tiny config's augmentation is the identity: the views are pixels.)
+  target = fx.pixels(np.asarray(b['target_large']))
+  images = target.reshape((-1,) + target.shape[2:])
   _, want = jax.jit(functools.partial(
       network.apply, train=True, with_predictor=False,
       mutable=['batch_stats']))(

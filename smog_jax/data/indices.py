@@ -61,8 +61,8 @@ def padded_indices(order: np.ndarray, batch_size: int, row_start: int,
   Yields:
     `(read, index, mask)` of the rows: `read` is the example to read (a
     real one, also on padding rows), `index` the example index the batch
-    reports (`len(order)` on padding rows: out of range, so a JAX scatter
-    drops it), `mask` whether the row is real.
+    reports (`len(order)` on padding rows), `mask` whether the row is real:
+    consumers go by the mask (in a padded memory bank, row N exists).
   """
   check_rows(batch_size, row_start, row_stop)
   n = len(order)
