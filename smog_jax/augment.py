@@ -7,6 +7,9 @@ fuses it with the network's first layers and the host never touches floats:
 
   colour jitter (p), grayscale (p), Gaussian blur (p), solarize (p), normalise
 
+Evaluation crops get the channel conversion and normalisation only
+(`eval_views`, inside the jitted feature extraction).
+
 Semantics follow torchvision, which the PyTorch reference uses: brightness,
 contrast and saturation blend with black, the image's mean grey level and the
 per-pixel grey image, each clipped to [0, 1]; hue rotates the HSV hue; the
@@ -100,7 +103,7 @@ def crop_keys(spec: AugmentSpec, stream: int, epoch: jax.Array,
 
 
 def to_unit_float(image: jax.Array, channels: int) -> jax.Array:
-  """uint8 `[H, W, C_src]` -> float32 in [0, 1] with `channels` channels."""
+  """uint8 `[..., C_src]` -> float32 in [0, 1] with `channels` channels."""
   x = image.astype(jnp.float32) * (1.0 / 255.0)
   if x.shape[-1] == channels:
     return x
@@ -116,6 +119,16 @@ def grey_level(image: jax.Array) -> jax.Array:
   if image.shape[-1] == 1:
     return image
   return jnp.tensordot(image, jnp.asarray(LUMA_WEIGHTS), axes=1)[..., None]
+
+
+def normalise(image: jax.Array, spec: AugmentSpec) -> jax.Array:
+  """Float `[..., spec.channels]` in [0, 1] -> `(image - mean) / std`."""
+  return (image - jnp.asarray(spec.mean)) / jnp.asarray(spec.std)
+
+
+def eval_views(images: jax.Array, spec: AugmentSpec) -> jax.Array:
+  """uint8 evaluation crops `[..., C_src]` -> normalised float32 `[..., C]`."""
+  return normalise(to_unit_float(images, spec.channels), spec)
 
 
 def adjust_brightness(image: jax.Array, factor: jax.Array) -> jax.Array:
@@ -240,7 +253,7 @@ def augment_crop(image: jax.Array, key: jax.Array, params: dict[str, jax.Array],
     x = jnp.where(draws[_BLUR] < params['blur_prob'],
                   gaussian_blur(x, sigma, max_sigma), x)
   x = jnp.where(draws[_SOLARIZE] < params['solarize_prob'], solarize(x), x)
-  return (x - jnp.asarray(spec.mean)) / jnp.asarray(spec.std)
+  return normalise(x, spec)
 
 
 def augment_views(images: jax.Array, spec: AugmentSpec, *, stream: int,

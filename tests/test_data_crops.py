@@ -6,8 +6,6 @@ import tensorflow as tf
 
 from smog_jax.data import crops
 
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)
-
 
 def _uniforms(n, seed=0):
   return tf.constant(np.random.default_rng(seed).uniform(
@@ -67,11 +65,3 @@ def test_views_are_bilinear_halvings_and_flips(antialias, weights):
   np.testing.assert_allclose(out[0, 1:-1, 1:-1], np.round(both)[1:-1, 1:-1],
                              atol=1)
 
-
-def test_to_channels():
-  grey = np.random.default_rng(0).uniform(0, 1, (5, 6, 1)).astype(np.float32)
-  np.testing.assert_array_equal(crops.to_channels(grey, 3),
-                                np.repeat(grey, 3, -1))
-  rgb = np.random.default_rng(0).uniform(0, 1, (5, 6, 3)).astype(np.float32)
-  np.testing.assert_allclose(crops.to_channels(rgb, 1),
-                             (rgb @ LUMA)[..., None], atol=1e-6)

@@ -37,14 +37,21 @@ def test_fits_linearly_separable_data():
 
 def test_masked_rows_do_not_count():
   rng = np.random.default_rng(0)
-  state = linear.init_probe(
-      jax.random.key(0), 3,
-      np.zeros(5, np.float32), np.ones(5, np.float32),
-      optax.sgd(0.1))
+  mean, std = rng.normal(size=5), rng.uniform(0.5, 2.0, 5)
+  state = linear.init_probe(jax.random.key(0), 3, mean.astype(np.float32),
+                            std.astype(np.float32), optax.sgd(0.1))
+  # Logits of order one: every row's loss differs from the others'.
+  state = state.replace(params=jax.tree.map(
+      lambda p: rng.normal(size=p.shape).astype(np.float32), state.params))
   x = rng.normal(size=(4, 5)).astype(np.float32)
   y = np.array([0, 1, 2, 0])
-  full, _ = linear.probe_loss_and_metrics(state.params, state, x[:2], y[:2],
-                                          np.ones(2, bool))
-  masked, _ = linear.probe_loss_and_metrics(
+  loss, metrics = jax.jit(linear.probe_loss_and_metrics)(
       state.params, state, x, y, np.array([True, True, False, False]))
-  np.testing.assert_allclose(full, masked, rtol=1e-6)
+  # NumPy: cross-entropy and top-1 of the two real rows only.
+  head = state.params['Dense_0']
+  logits = ((x[:2] - mean) / std) @ np.asarray(head['kernel']) + head['bias']
+  log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  np.testing.assert_allclose(loss, -log_softmax[[0, 1], y[:2]].mean(),
+                             rtol=1e-5)
+  assert metrics['count'] == 2
+  assert metrics['train_top1'] == np.mean(logits.argmax(1) == y[:2])

@@ -114,8 +114,8 @@ def make_eval_iterator(config: ml_collections.ConfigDict, mesh,
     epoch: epoch of 'linear_train'.
 
   Returns:
-    Dicts image f32[B,S,S,C] (normalised), label i32[B], index i32[B],
-    mask bool[B].
+    Dicts image u8[B,S,S,C_src], label i32[B], index i32[B], mask bool[B];
+    `smog_jax.augment.eval_views` normalises the crops on the device.
   """
   build = lambda s, source, *rows: _pipeline().build_eval_dataset(
       s, source, mode, *rows, epoch=epoch)

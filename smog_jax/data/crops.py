@@ -92,15 +92,3 @@ def crop_views(image: tf.Tensor, windows: tf.Tensor, flips: tf.Tensor,
   return tf.cast(tf.clip_by_value(tf.round(tf.stack(views)), 0.0, 255.0),
                  tf.uint8)
 
-
-def to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
-  """Float `[..., C]` image with grey replicated / RGB reduced to `channels`."""
-  have = image.shape[-1]
-  if have == channels:
-    return image
-  if have == 1 and channels == 3:
-    return tf.repeat(image, 3, axis=-1)
-  if have == 3 and channels == 1:
-    return tf.tensordot(image, tf.constant([0.299, 0.587, 0.114]),
-                        axes=[[-1], [0]])[..., None]
-  raise ValueError(f'Cannot convert {have} channels to {channels}.')

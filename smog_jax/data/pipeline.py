@@ -5,9 +5,9 @@ process reads its rows' examples in one `DataSource.read` call per batch.
 Every crop window and flip is drawn by a stateless TF op seeded from
 `(seed, stream, epoch, example index, pipeline, crop id)`, so nothing
 depends on the number of processes, on thread scheduling, or on where a
-run restarted. Colour, blur, solarize and normalisation of the training
-views run on the device (smog_jax.augment); evaluation images leave here
-normalised.
+run restarted. Everything that changes pixel values (colour, blur,
+solarize, channel conversion, normalisation) runs on the device
+(smog_jax.augment); training and evaluation crops leave here as uint8.
 """
 
 from __future__ import annotations
@@ -82,37 +82,30 @@ def _decode(source: DataSource, image):
 
 def _eval_image(settings: DataSettings, source: DataSource, image, key,
                 mode: str):
-  """One normalised float `[S, S, C]` evaluation image.
+  """One uint8 `[S, S, C_src]` evaluation crop (normalised on the device).
 
   'test': the centre `eval_crop_fraction` of the short side; 'linear_train':
   a random resized crop (`linear_scale`) and flip. JPEGs decode only the
-  window.
+  window. The resize is antialiased.
   """
-  if source.encoded:
-    shape = tf.image.extract_jpeg_shape(image)
-  else:
-    shape = tf.shape(image)
+  shape = (tf.image.extract_jpeg_shape(image) if source.encoded else
+           tf.shape(image))
   if mode == 'test':
     window = crops.centre_window(shape[0], shape[1],
                                  settings.eval_crop_fraction)
+    flip = tf.constant(False)
   else:
     draws = view_draws(key, 1)[0]
     window = _windows(settings, draws, shape, settings.linear_scale)[0]
     flip = draws[0, crops.FLIP_DRAW] < settings.flip_prob
   if source.encoded:
-    pixels = tf.image.decode_and_crop_jpeg(image, window, channels=3)
-  else:
-    y, x, h, w = tf.unstack(window)
-    pixels = image[y:y + h, x:x + w]
+    image = tf.image.decode_and_crop_jpeg(image, window, channels=3)
+    window = tf.stack([0, 0, window[2], window[3]])
   size = settings.image_size
-  out = crops.resize(pixels, size, antialias=True)
-  if mode != 'test':
-    out = tf.cond(flip, lambda: tf.reverse(out, [1]), lambda: out)
-  out.set_shape([size, size, 3 if source.encoded else source.image_shape[-1]])
-  out = crops.to_channels(tf.clip_by_value(out / 255.0, 0.0, 1.0),
-                          settings.channels)
-  return ((out - tf.constant(settings.mean, tf.float32)) /
-          tf.constant(settings.std, tf.float32))
+  view = crops.crop_views(image, window[None], flip[None], size,
+                          antialias=True)[0]
+  view.set_shape([size, size, 3 if source.encoded else source.image_shape[-1]])
+  return view
 
 
 def _dataset(source: DataSource, rows: int, batches: Callable,

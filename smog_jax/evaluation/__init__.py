@@ -1,7 +1,8 @@
 """Evaluation of frozen SMoG backbones: features, kNN, linear probe, runs.
 
 Public API:
-  extract_features(backbone, variables, iterator, mesh) -> (features, labels)
+  extract_features(backbone, variables, iterator, mesh, spec) -> (features,
+    labels), uint8 crops normalised on the device
   knn_top1 / knn_accuracy / knn_classify: weighted kNN (knn.py)
   fit_linear, evaluate_probe, train_probe: the linear probe (linear.py)
   evaluators.Knn / FastLinear / Linear: plug-ins with `run(variables)`

@@ -40,6 +40,7 @@ class Evaluator:
     """`num_classes` None: one more than the largest label seen."""
     self.config, self.mesh, self.backbone = config, mesh, backbone
     self.data = settings_lib.resolve(config)
+    self.spec = self.data.augment_spec  # Normalises the crops on the device.
     self.num_classes = num_classes
 
   def features(self, variables: Any, split: str
@@ -47,7 +48,8 @@ class Evaluator:
     """`(features [N, F], labels [N])` of `split`'s test crops, every host."""
     feats, labels = features_lib.extract_features(
         self.backbone, variables,
-        data_lib.make_eval_iterator(self.config, self.mesh, split), self.mesh)
+        data_lib.make_eval_iterator(self.config, self.mesh, split), self.mesh,
+        self.spec)
     if self.num_classes is not None and labels.size and (
         labels.min() < 0 or labels.max() >= self.num_classes):
       raise ValueError(f'{split} labels span [{labels.min()}, '
@@ -165,7 +167,7 @@ class Linear(Evaluator):
       first = itertools.islice(self._train_batches(0),
                                self.standardize_batches)
       feats, _ = features_lib.extract_features(self.backbone, variables,
-                                               first, mesh)
+                                               first, mesh, self.spec)
       mean, std = linear_lib.feature_statistics(feats, lin.standardize)
       state = features_lib.replicate(
           state.replace(mean=jnp.asarray(mean), std=jnp.asarray(std)), mesh)
@@ -177,7 +179,8 @@ class Linear(Evaluator):
 
     state = linear_lib.train_probe(
         state, tx, schedule, self._train_batches, lin.epochs, mesh,
-        backbone=self.backbone, variables=variables, start_epoch=start_epoch,
+        backbone=self.backbone, variables=variables, spec=self.spec,
+        start_epoch=start_epoch,
         log=self.log, log_every=self.log_every, end_of_epoch=save)
     manager.wait_until_finished()
     manager.close()

@@ -1,15 +1,16 @@
 """Frozen-backbone features, and in-memory arrays as evaluation batches.
 
 An evaluation batch is a dict of global arrays sharded over the mesh's
-`data` axis: its inputs (`image f32[B, S, S, C]` from
+`data` axis: its inputs (`image u8[B, S, S, C_src]` from
 `smog_jax.data.make_eval_iterator`), `label i32[B]`, `index i32[B]` and
-`mask bool[B]` (False on the padding of the last batch). Features stay
-sharded until gathered to every host, where padding rows are dropped.
+`mask bool[B]` (False on the padding of the last batch). The crops are
+normalised on the device (`smog_jax.augment.eval_views`) in the same
+compiled function as the backbone. Features stay sharded until gathered to
+every host, where padding rows are dropped.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Iterable, Iterator, Mapping
 
 import flax.linen as nn
@@ -19,6 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from smog_jax import augment
 from smog_jax import sharding as sharding_lib
 from smog_jax.data import indices
 
@@ -26,7 +28,7 @@ Batch = Mapping[str, jax.Array]
 
 
 class PixelFeatures(nn.Module):
-  """The raw-pixel "backbone": the flattened (already normalised) image."""
+  """The raw-pixel "backbone": the flattened normalised image."""
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
@@ -34,12 +36,16 @@ class PixelFeatures(nn.Module):
     return images.reshape((images.shape[0], -1)).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=('backbone',))
-def apply_backbone(backbone: nn.Module, variables: Any,
-                   images: jax.Array) -> jax.Array:
-  """Inference-mode features; jitted per (hashable) module, so repeated
-  monitors re-use one compilation."""
-  return backbone.apply(variables, images, train=False)
+def backbone_features(backbone: nn.Module, variables: Any, images: jax.Array,
+                      spec: augment.AugmentSpec) -> jax.Array:
+  """Inference-mode features of uint8 crops, normalised as `spec` says."""
+  return backbone.apply(variables, augment.eval_views(images, spec),
+                        train=False)
+
+
+# Jitted per (hashable) module and spec: repeated monitors share one program.
+apply_backbone = jax.jit(backbone_features,
+                         static_argnames=('backbone', 'spec'))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -56,7 +62,7 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 def extract_features(backbone: nn.Module, variables: Any,
                      iterator: Iterable[Batch], mesh: Mesh,
-                     return_index: bool = False):
+                     spec: augment.AugmentSpec, return_index: bool = False):
   """Features of every example of an evaluation iterator, on every host.
 
   The next batch is dispatched before the previous one is copied to the
@@ -68,6 +74,7 @@ def extract_features(backbone: nn.Module, variables: Any,
     variables: its `{'params', 'batch_stats'}`.
     iterator: evaluation batches (module docstring).
     mesh: the 1-D `data` mesh.
+    spec: the data's normalisation (`mean`, `std`, `channels`).
     return_index: also return the examples' dataset indices.
 
   Returns:
@@ -77,7 +84,7 @@ def extract_features(backbone: nn.Module, variables: Any,
   variables = replicate(variables, mesh)
   parts, pending = [], None
   for batch in iterator:
-    current = (apply_backbone(backbone, variables, batch['image']),
+    current = (apply_backbone(backbone, variables, batch['image'], spec),
                batch['label'], batch['index'], batch['mask'])
     if pending is not None:
       parts.append([to_host(x) for x in pending])

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from smog_jax import augment
 from smog_jax.evaluation import features as features_lib
 
 
@@ -143,15 +144,17 @@ def probe_loss_and_metrics(params: Any, state: ProbeState,
 def probe_train_step(state: ProbeState, variables: Any, inputs: jax.Array,
                      labels: jax.Array, mask: jax.Array, *,
                      tx: optax.GradientTransformation,
-                     backbone: nn.Module | None = None
+                     backbone: nn.Module | None = None,
+                     spec: augment.AugmentSpec | None = None
                      ) -> tuple[ProbeState, dict[str, jax.Array]]:
   """One SGD step of the head on a global batch.
 
-  `inputs` are features, or images for the frozen `backbone` (inference
-  mode, with `variables`) when one is given.
+  `inputs` are features, or uint8 crops for the frozen `backbone`
+  (normalised by `spec`, inference mode, with `variables`) when one is
+  given.
   """
-  features = inputs if backbone is None else backbone.apply(
-      variables, inputs, train=False)
+  features = inputs if backbone is None else features_lib.backbone_features(
+      backbone, variables, inputs, spec)
   grads, metrics = jax.grad(probe_loss_and_metrics, has_aux=True)(
       state.params, state, jax.lax.stop_gradient(features), labels, mask)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -164,7 +167,8 @@ def train_probe(state: ProbeState, tx: optax.GradientTransformation,
                 schedule: optax.Schedule,
                 epoch_batches: Callable[[int], Iterable[dict]], epochs: int,
                 mesh: Mesh, *, backbone: nn.Module | None = None,
-                variables: Any = None, start_epoch: int = 0,
+                variables: Any = None,
+                spec: augment.AugmentSpec | None = None, start_epoch: int = 0,
                 log: Callable[[dict], None] | None = None,
                 log_every: int = 0,
                 end_of_epoch: Callable[[int, ProbeState], None] | None = None
@@ -176,11 +180,12 @@ def train_probe(state: ProbeState, tx: optax.GradientTransformation,
     tx: its optimiser.
     schedule: the learning rate of `tx`, for the logs.
     epoch_batches: `epoch -> batches` with `label`, `mask` and `features`
-      (no backbone) or `image` (with `backbone`), global and sharded.
+      (no backbone) or uint8 `image` (with `backbone`), global and sharded.
     epochs: the last epoch.
     mesh: the 1-D `data` mesh.
     backbone: the frozen feature extractor of image batches, if any.
     variables: its variables.
+    spec: the normalisation of the images (with `backbone`).
     start_epoch: the first epoch (a resumed run).
     log: receives `{step, learning_rate, loss, train_top1}` every
       `log_every` steps (0: never) and the real-row means of `loss` and
@@ -192,7 +197,8 @@ def train_probe(state: ProbeState, tx: optax.GradientTransformation,
     The trained state.
   """
   step_fn = jax.jit(functools.partial(probe_train_step, tx=tx,
-                                      backbone=backbone), donate_argnums=0)
+                                      backbone=backbone, spec=spec),
+                    donate_argnums=0)
   variables = features_lib.replicate(variables or {}, mesh)
   key = 'features' if backbone is None else 'image'
   step = int(state.step)
