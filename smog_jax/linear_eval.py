@@ -19,6 +19,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from smog_jax import distributed
+from smog_jax.main import tune_cpu_backend
 
 
 def define_flags() -> None:
@@ -33,6 +34,7 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  tune_cpu_backend()
   distributed.initialize()
   from smog_jax.evaluation import runner  # After distributed init.
   results = runner.run(flags.FLAGS.config, flags.FLAGS.workdir)

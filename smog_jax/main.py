@@ -25,9 +25,9 @@ from ml_collections import config_flags
 from smog_jax import distributed
 
 
-# XLA:CPU runs convolutions ~40 % faster on this project's networks when its
-# YNNPACK fusion does not claim them one by one (measured on a 2-core CPU,
-# docs/benchmarks.md). Only the CPU backend reads it.
+# XLA:CPU runs this project's convolutions faster when its YNNPACK fusion
+# does not claim them one by one (docs/benchmarks.md). Only the CPU backend
+# reads it; smog_jax.linear_eval sets it too.
 _CPU_XLA_FLAGS = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 
 
