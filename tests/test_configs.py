@@ -58,3 +58,14 @@ def test_imagenet_config_is_the_reference_recipe():
 def test_unknown_variant_is_a_clear_error():
   with pytest.raises(ValueError, match='Unknown variant'):
     _load('fashion_mnist', 'huge')
+
+
+def test_fashion_mnist_random_baseline_is_the_default_network():
+  """linear_eval's `random` baseline must be the demo's pre-trained network."""
+  pretrain = _load('fashion_mnist').model
+  probe = _load('linear_eval', 'fashion_mnist').model
+  shared = set(probe) & set(pretrain)
+  assert {'backbone', 'stage_sizes', 'width', 'stem', 'block',
+          'zero_init_residual', 'kernel_init', 'bn_momentum'} <= shared
+  for field in shared:
+    assert probe[field] == pretrain[field], field
