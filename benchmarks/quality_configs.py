@@ -27,10 +27,10 @@ _REF_RELATIVE_SIGMA = (0.1 * 28 / 224, 2.0 * 28 / 224)
 _PRETRAIN = {
     'blur_ref_relative': dict(blur_sigma=_REF_RELATIVE_SIGMA),
     'no_blur': dict(blur_prob=(0.0, 0.0)),
-    'crop_0.2': dict(blur_sigma=_REF_RELATIVE_SIGMA, large_scale=(0.2, 1.0)),
-    'crop_0.4': dict(blur_sigma=_REF_RELATIVE_SIGMA, large_scale=(0.4, 1.0)),
-    'crop_0.08': dict(blur_sigma=_REF_RELATIVE_SIGMA,
-                      large_scale=(0.08, 1.0)),
+    # Large-crop scales (the default's blur is already the relative one).
+    'crop_0.2': dict(large_scale=(0.2, 1.0)),
+    'crop_0.4': dict(large_scale=(0.4, 1.0)),
+    'crop_0.08': dict(large_scale=(0.08, 1.0)),
 }
 _LINEAR = {
     'scale_0.5': dict(linear_scale=(0.5, 1.0)),
