@@ -28,7 +28,6 @@ _PRETRAIN = {
     'blur_ref_relative': dict(blur_sigma=_REF_RELATIVE_SIGMA),
     'no_blur': dict(blur_prob=(0.0, 0.0)),
     # Large-crop scales (the default's blur is already the relative one).
-    'crop_0.2': dict(large_scale=(0.2, 1.0)),
     'crop_0.4': dict(large_scale=(0.4, 1.0)),
     'crop_0.08': dict(large_scale=(0.08, 1.0)),
 }
