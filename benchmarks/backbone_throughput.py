@@ -95,6 +95,7 @@ def conv_macs(cfg: dict) -> float:
     macs = h * h * 49 * cin * base
     h = -(-h // 2)
   else:
+    h = -(-h // 2) if cfg['stem'] == 'cifar_stride2' else h
     macs = h * h * 9 * cin * base
   cin = base
   for i, n in enumerate(stages):

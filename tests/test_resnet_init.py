@@ -1,4 +1,4 @@
-"""The ResNet initialisation switches: last-BN scale and convolution kernels."""
+"""The ResNet options: last-BN scale, convolution kernels, the stride-2 stem."""
 
 import jax
 import jax.numpy as jnp
@@ -53,3 +53,27 @@ def test_he_fan_out_kernels_have_variance_two_over_fan_out():
 def test_unknown_kernel_init_is_a_clear_error():
   with pytest.raises(ValueError, match='Unknown kernel_init'):
     _params(kernel_init='xavier')
+
+
+def test_stride2_stem_halves_the_resolution_of_every_stage():
+  net = ResNet(stage_sizes=(1, 1, 1), block_cls=BasicBlock, width=1 / 16,
+               stem='cifar_stride2')
+  x = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype(np.float32)
+  variables = net.init(jax.random.key(0), x, train=False)
+  features, state = net.apply(variables, x, train=False,
+                              capture_intermediates=True)
+  inter = state['intermediates']
+  stem = inter['conv_init']['__call__'][0]
+  assert stem.shape == (2, 14, 14, 4)
+  # SAME padding of a 3x3 stride-2 convolution of 28 px: one row and column
+  # of zeros after the image, windows starting at even pixels.
+  kernel = np.asarray(variables['params']['conv_init']['kernel'])[..., 0, :]
+  padded = np.pad(x[..., 0], ((0, 0), (0, 1), (0, 1)))
+  windows = np.stack([padded[:, a:a + 27:2, b:b + 27:2]
+                      for a in range(3) for b in range(3)], -1)
+  np.testing.assert_allclose(stem, windows @ kernel.reshape(9, 4), rtol=1e-5,
+                             atol=1e-5)
+  # Stages at 14, 7 and 4 px (the CIFAR stem would give 28, 14, 7).
+  sides = [inter[f'BasicBlock_{k}']['__call__'][0].shape[1] for k in range(3)]
+  assert sides == [14, 7, 4]
+  assert features.shape == (2, net.num_features) == (2, 16)

@@ -8,7 +8,9 @@
     `depth`, `num_heads`; 'swin_t', or 'swin' with explicit `patch_size`,
     `embed_dim`, `depths`, `num_heads`, `window`.
   width: channel multiplier of the backbone (1.0 = standard; 2.0 = 50w2).
-  stem: 'imagenet' (224 px) or 'cifar' (28-32 px: 3x3 conv, no max-pool).
+  stem: 'imagenet' (224 px), 'cifar' (28-32 px: 3x3 conv, no max-pool) or
+    'cifar_stride2' (the same conv with stride 2: every stage at half the
+    resolution, for a quarter of the convolution work).
   remat: rematerialise every residual block in the backward pass (saves
     activation memory for one more forward pass of compute).
   drop_path_rate: ViT / Swin stochastic depth of the last block (online

@@ -1,7 +1,8 @@
 """ResNet backbones (He et al. 2016) in Flax linen, returning pooled features.
 
-Two stems: `imagenet` (7x7/2 conv + 3x3/2 max-pool) for 224 px inputs and
-`cifar` (3x3/1 conv, no max-pool) for 28-32 px inputs. `width` scales every
+Three stems: `imagenet` (7x7/2 conv + 3x3/2 max-pool) for 224 px inputs,
+`cifar` (3x3/1 conv, no max-pool) for 28-32 px inputs and `cifar_stride2`
+(3x3/2 conv) for small inputs at half resolution. `width` scales every
 layer's channel count (ResNet-50w2 is `width=2`; small CPU configs use e.g.
 `width=0.5`).
 
@@ -100,7 +101,7 @@ class ResNet(nn.Module):
     stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
     block_cls: `BasicBlock` or `BottleneckBlock`.
     width: channel multiplier (stage i has `round(64 * 2**i * width)` filters).
-    stem: 'imagenet' or 'cifar'.
+    stem: 'imagenet', 'cifar' or 'cifar_stride2'.
     dtype: computation dtype (parameters stay float32).
     bn_momentum: running-average decay of the BN statistics.
     remat: rematerialise each block in the backward pass.
@@ -141,12 +142,13 @@ class ResNet(nn.Module):
                name='conv_init')(x)
       x = nn.relu(norm(name='bn_init')(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
-    elif self.stem == 'cifar':
-      x = conv(base, (3, 3), name='conv_init')(x)
+    elif self.stem in ('cifar', 'cifar_stride2'):
+      strides = (2, 2) if self.stem == 'cifar_stride2' else (1, 1)
+      x = conv(base, (3, 3), strides, name='conv_init')(x)
       x = nn.relu(norm(name='bn_init')(x))
     else:
-      raise ValueError(f"Unknown ResNet stem {self.stem!r}; use 'imagenet' or "
-                       "'cifar'.")
+      raise ValueError(f"Unknown ResNet stem {self.stem!r}; use 'imagenet', "
+                       "'cifar' or 'cifar_stride2'.")
     block_cls = nn.remat(self.block_cls) if self.remat else self.block_cls
     # Explicit names: the auto-names of remat blocks would differ, and a
     # checkpoint must load whether remat is on or off.
