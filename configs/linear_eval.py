@@ -99,7 +99,8 @@ def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:
     # features. 'linear' stays available with a milder crop.
     c.mode = 'fast'
     c.data.linear_scale = (0.8, 1.0)
-    c.model = _model('resnet', 'cifar', width=0.25, stage_sizes=(1, 1, 1, 1),
+    c.model = _model('resnet', 'cifar_stride2', width=0.5,
+                     stage_sizes=(1, 1, 1),
                      block='basic', zero_init_residual=False,
                      kernel_init='he_fan_out_normal')
     c.linear.epochs = 30
