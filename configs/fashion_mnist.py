@@ -45,7 +45,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # nothing measurable (docs/quality.md) and cost ~a third of each step.
   config.data.num_small_crops = 0
   # Larger crops than the reference's 0.2-1: on 28 px images a 0.2 crop is a
-  # 12 px patch; 0.4-1 scored higher with the linear probe (docs/quality.md).
+  # 12 px patch; 0.4-1 scored higher at full length (docs/quality.md).
   config.data.large_scale = (0.4, 1.0)
   # The reference's blur, 0.1-2.0 px at 224 px, relative to the 28 px side.
   config.data.blur_sigma = (0.1 * 28 / 224, 2.0 * 28 / 224)

@@ -143,8 +143,8 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name='bn_init')(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
     elif self.stem in ('cifar', 'cifar_stride2'):
-      strides = (2, 2) if self.stem == 'cifar_stride2' else (1, 1)
-      x = conv(base, (3, 3), strides, name='conv_init')(x)
+      stem_strides = (2, 2) if self.stem == 'cifar_stride2' else (1, 1)
+      x = conv(base, (3, 3), stem_strides, name='conv_init')(x)
       x = nn.relu(norm(name='bn_init')(x))
     else:
       raise ValueError(f"Unknown ResNet stem {self.stem!r}; use 'imagenet', "
