@@ -8,7 +8,7 @@ Variants (`--config configs/fashion_mnist.py:VARIANT`):
           at 14, 7 and 4 px behind a stride-2 3x3 stem; last BN scales
           initialised to one as the reference), 2 x 28 px crops of scale
           0.4-1 per pipeline (no small crops), 3 heads x 256 groups, LARS
-          peak lr 6, 14 epochs computed in bfloat16: sized for 30 minutes of
+          peak lr 6, 15 epochs computed in bfloat16: sized for 30 minutes of
           a 2-core CPU; the runs that chose it are in docs/quality.md,
           results in README.md.
   tiny    a 2-stage width-4 ResNet, 2 heads x 8 groups, batch 16, 64 training
@@ -26,7 +26,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.batch_size = 256
-  config.num_epochs = 14
+  config.num_epochs = 15
   # > 0 overrides the epoch-based length (--config.total_steps=N).
   config.total_steps = -1
   config.log_every_steps = 20
