@@ -29,6 +29,7 @@ _PRETRAIN = {
     'no_blur': dict(blur_prob=(0.0, 0.0)),
     # Large-crop scales (the default's blur is already the relative one).
     'crop_0.4': dict(large_scale=(0.4, 1.0)),
+    'crop_0.6': dict(large_scale=(0.6, 1.0)),
     'crop_0.08': dict(large_scale=(0.08, 1.0)),
 }
 _LINEAR = {
