@@ -46,10 +46,10 @@ _VARIANTS = ('imagenet2012', *_TRANSFORMERS, 'cifar10', 'cifar100',
              'fashion_mnist', 'fashion_mnist_tiny')
 
 
-def _model(backbone: str, stem: str, width: float = 1.0, **kwargs
-           ) -> ml_collections.ConfigDict:
+def _model(backbone: str, stem: str, width: float = 1.0,
+           dtype: str = 'float32', **kwargs) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      backbone=backbone, width=width, stem=stem, dtype='float32',
+      backbone=backbone, width=width, stem=stem, dtype=dtype,
       bn_momentum=0.9, remat=False, **kwargs))
 
 
@@ -91,7 +91,7 @@ def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:
     c.model = _model('resnet18', 'cifar')
   elif variant == 'fashion_mnist':
     # 60k small grey images: the head converges well before 100 epochs.
-    # 'random' baseline = the architecture of configs/fashion_mnist.py.
+    # 'random' baseline = the network of configs/fashion_mnist.py, dtype too.
     # The default mode is 'fast': on 28 px images the random resized crops
     # of the 'linear' mode move the probe's training features away from the
     # un-augmented test features (scale 0.08-1 cost 11 points against 'fast'
@@ -100,7 +100,7 @@ def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:
     c.mode = 'fast'
     c.data.linear_scale = (0.8, 1.0)
     c.model = _model('resnet', 'cifar_stride2', width=0.5,
-                     stage_sizes=(1, 1, 1),
+                     stage_sizes=(1, 1, 1), dtype='bfloat16',
                      block='basic', zero_init_residual=False,
                      kernel_init='he_fan_out_normal')
     c.linear.epochs = 30

@@ -64,9 +64,8 @@ def test_fashion_mnist_random_baseline_is_the_default_network():
   """linear_eval's `random` baseline must be the demo's pre-trained network."""
   pretrain = _load('fashion_mnist').model
   probe = _load('linear_eval', 'fashion_mnist').model
-  # The probe computes features in float32 whatever pre-training computed in.
-  shared = set(probe) & set(pretrain) - {'dtype'}
+  shared = set(probe) & set(pretrain)
   assert {'backbone', 'stage_sizes', 'width', 'stem', 'block',
-          'zero_init_residual', 'kernel_init', 'bn_momentum'} <= shared
+          'zero_init_residual', 'kernel_init', 'bn_momentum', 'dtype'} <= shared
   for field in shared:
     assert probe[field] == pretrain[field], field
