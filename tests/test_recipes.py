@@ -54,11 +54,11 @@ def test_swin_t_config_is_the_reference_recipe():
 
 
 def test_recipes_compute_dtypes():
-  """bfloat16 where it was measured faster, float32 for the tests' config.
+  """bfloat16 for the accelerator recipes and the Fashion-MNIST demo.
 
-  The Fashion-MNIST demo computes in bfloat16 on XLA:CPU too (a faster step
-  at no measured loss, docs/quality.md); its tiny variant stays float32 for
-  the tests' float32 tolerances.
+  The demo computes in bfloat16 on XLA:CPU too (a faster step at no measured
+  loss, docs/quality.md); CIFAR-10 and the tests' tiny variant stay float32
+  (the tests compare states at float32 tolerances).
   """
   for name, variant, _ in RECIPES:
     want = 'float32' if name == 'cifar10' else 'bfloat16'
