@@ -15,19 +15,11 @@ No reference result exists to expect; linear-eval config
 `configs/linear_eval.py:imagenet2012_vit_s16` (or `_vit_b16`).
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
-
-def _swin_t_config() -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      'imagenet_swin_t.py')
-  spec = importlib.util.spec_from_file_location('imagenet_swin_t', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from smog_jax import dry_run
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
@@ -35,7 +27,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   if variant not in ('', 'b16'):
     raise ValueError(f"Unknown variant {variant!r} of imagenet_vit_s16.py; "
                      "use '' or 'b16'.")
-  config = _swin_t_config()
+  config = dry_run.load_config(
+      os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                   'imagenet_swin_t.py'))
   config.model = ml_collections.ConfigDict(dict(
       backbone=f'vit_{variant or "s16"}', pooling='cls', base_image_size=224,
       drop_path_rate=0.1, projector_hidden_dim=2048,

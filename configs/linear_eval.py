@@ -31,8 +31,11 @@ Fields:
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
+from smog_jax import dry_run
 from smog_jax.data import default_data_config
 
 _TRANSFORMERS = {
@@ -91,7 +94,8 @@ def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:
     c.model = _model('resnet18', 'cifar')
   elif variant == 'fashion_mnist':
     # 60k small grey images: the head converges well before 100 epochs.
-    # 'random' baseline = the network of configs/fashion_mnist.py, dtype too.
+    # 'random' baseline = the network of configs/fashion_mnist.py (its
+    # backbone reads only its own fields of this model config).
     # The default mode is 'fast': on 28 px images the random resized crops
     # of the 'linear' mode move the probe's training features away from the
     # un-augmented test features (scale 0.08-1 cost 11 points against 'fast'
@@ -99,10 +103,9 @@ def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:
     # features. 'linear' stays available with a milder crop.
     c.mode = 'fast'
     c.data.linear_scale = (0.8, 1.0)
-    c.model = _model('resnet', 'cifar_stride2', width=0.5,
-                     stage_sizes=(1, 1, 1), dtype='bfloat16',
-                     block='basic', zero_init_residual=False,
-                     kernel_init='he_fan_out_normal')
+    c.model = dry_run.load_config(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                     'fashion_mnist.py'), '').model
     c.linear.epochs = 30
   else:  # fashion_mnist_tiny: a seconds-on-CPU smoke test.
     c.mode = 'fast'
