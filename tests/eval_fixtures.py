@@ -2,7 +2,6 @@
 config on the committed Fashion-MNIST fixture, and a saved pre-training run.
 """
 
-import importlib.util
 import os
 
 import jax
@@ -10,6 +9,7 @@ import numpy as np
 import optax
 
 from smog_jax import checkpointing
+from smog_jax import dry_run
 from smog_jax import models
 from smog_jax import train_state as train_state_lib
 
@@ -19,11 +19,8 @@ FIXTURE = os.path.join(ROOT, 'tests', 'data', 'fashion_mnist')
 
 def load_config(name: str, variant: str):
   """`configs/<name>.py:<variant>`."""
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(ROOT, 'configs', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return dry_run.load_config(os.path.join(ROOT, 'configs', f'{name}.py'),
+                             variant)
 
 
 def use_fixture(config, data_dir: str):

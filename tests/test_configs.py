@@ -1,23 +1,19 @@
 """Every config loads, builds its network, and the reference recipe is intact."""
 
-import importlib.util
 import os
 
 import jax
 import jax.numpy as jnp
 import pytest
 
+from smog_jax import dry_run
 from smog_jax import models
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs')
 
 
 def _load(name, variant=''):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(CONFIGS, f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return dry_run.load_config(os.path.join(CONFIGS, f'{name}.py'), variant)
 
 
 @pytest.mark.parametrize('name,variant', [

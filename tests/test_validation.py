@@ -1,12 +1,12 @@
 """Config validation: each bad value is one clear sentence, before compiling."""
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 
+from smog_jax import dry_run
 from smog_jax import validation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -14,11 +14,8 @@ FIXTURE = os.path.join(REPO, 'tests', 'data', 'fashion_mnist')
 
 
 def _config(**changes):
-  spec = importlib.util.spec_from_file_location(
-      'fashion_mnist', os.path.join(REPO, 'configs', 'fashion_mnist.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
+  config = dry_run.load_config(
+      os.path.join(REPO, 'configs', 'fashion_mnist.py'), 'tiny')
   for path, value in changes.items():
     *parents, name = path.split('.')
     node = config
