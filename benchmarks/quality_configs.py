@@ -7,18 +7,16 @@ the command line, so the experiments that change them are named here:
   --config benchmarks/quality_configs.py:linear/scale_0.5
 """
 
-import importlib.util
 import os
+
+from smog_jax import dry_run
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load(name: str):
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(_ROOT, 'configs', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def _load(name: str, variant: str):
+  return dry_run.load_config(os.path.join(_ROOT, 'configs', f'{name}.py'),
+                             variant)
 
 
 # The reference's blur sigma (0.1-2.0 px at 224 px) relative to the side.
@@ -43,10 +41,10 @@ def get_config(variant: str):
   (configs/linear_eval.py:fashion_mnist) with the data fields of NAME."""
   kind, name = variant.split('/')
   if kind == 'pretrain':
-    config = _load('fashion_mnist').get_config()
+    config = _load('fashion_mnist', '')
     changes = _PRETRAIN[name]
   else:
-    config = _load('linear_eval').get_config('fashion_mnist')
+    config = _load('linear_eval', 'fashion_mnist')
     changes = _LINEAR[name]
   config.data.update(changes)
   return config
