@@ -49,10 +49,10 @@ _VARIANTS = ('imagenet2012', *_TRANSFORMERS, 'cifar10', 'cifar100',
              'fashion_mnist', 'fashion_mnist_tiny')
 
 
-def _model(backbone: str, stem: str, width: float = 1.0,
-           dtype: str = 'float32', **kwargs) -> ml_collections.ConfigDict:
+def _model(backbone: str, stem: str, width: float = 1.0, **kwargs
+           ) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      backbone=backbone, width=width, stem=stem, dtype=dtype,
+      backbone=backbone, width=width, stem=stem, dtype='float32',
       bn_momentum=0.9, remat=False, **kwargs))
 
 
