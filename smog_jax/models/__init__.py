@@ -22,6 +22,9 @@
   head_activation: 'relu' (ResNet) or 'gelu' (Swin-T).
   dtype: computation dtype, 'float32' or 'bfloat16'.
   bn_momentum: decay of BN running statistics.
+  matmul_small_maps: ResNet, convolutions onto maps of at most 2x2 as one
+    matmul (default True; the same parameters and outputs, much faster on
+    XLA:CPU).
 New backbones register in `BACKBONES`: a callable `(model_config) -> module`
 whose `__call__(images, train)` returns pooled `[B, F]` features.
 """
@@ -48,7 +51,8 @@ def _resnet_kwargs(cfg: ml_collections.ConfigDict) -> dict:
               dtype=_dtype(cfg), bn_momentum=cfg.get('bn_momentum', 0.9),
               remat=cfg.get('remat', False),
               zero_init_residual=cfg.get('zero_init_residual', True),
-              kernel_init=cfg.get('kernel_init', 'he_fan_out_normal'))
+              kernel_init=cfg.get('kernel_init', 'he_fan_out_normal'),
+              matmul_small_maps=cfg.get('matmul_small_maps', True))
 
 
 def _resnet_factory(depth: int) -> Callable[[ml_collections.ConfigDict],

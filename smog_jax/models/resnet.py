@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 ModuleDef = Any
 
@@ -34,6 +35,63 @@ KERNEL_INITS = {
     'torch_default': nn.initializers.variance_scaling(1 / 3, 'fan_in',
                                                       'uniform'),
 }
+
+
+# Output maps of at most this many positions are convolved as one matmul.
+SMALL_MAP_POSITIONS = 4
+
+
+@functools.lru_cache(maxsize=None)
+def _tap_matrix(in_hw: tuple[int, int], kernel_hw: tuple[int, int],
+                strides: tuple[int, int], pads: tuple[tuple[int, int], ...]
+                ) -> np.ndarray:
+  """0/1 `[kh, kw, H, W, Ho, Wo]`: 1 where tap (ky, kx) of output (oy, ox)
+  reads input pixel (y, x); taps on the zero padding read nothing."""
+  (h, w), (kh, kw), (sy, sx) = in_hw, kernel_hw, strides
+  ho = (h + sum(pads[0]) - kh) // sy + 1
+  wo = (w + sum(pads[1]) - kw) // sx + 1
+  taps = np.zeros((kh, kw, h, w, ho, wo), np.float32)
+  for ky, kx, oy, ox in np.ndindex(kh, kw, ho, wo):
+    y, x = oy * sy - pads[0][0] + ky, ox * sx - pads[1][0] + kx
+    if 0 <= y < h and 0 <= x < w:
+      taps[ky, kx, y, x, oy, ox] = 1.0
+  return taps
+
+
+def small_map_conv(lhs, rhs, window_strides, padding, *, lhs_dilation=None,
+                   rhs_dilation=None, dimension_numbers=None,
+                   feature_group_count=1, precision=None) -> jax.Array:
+  """`lax.conv_general_dilated` for `nn.Conv`, small output maps as a matmul.
+
+  A k x k (k > 1) NHWC convolution whose output has at most
+  `SMALL_MAP_POSITIONS` positions is one matmul of the flattened input with
+  the dense `[H*W*C, Ho*Wo*F]` operator of the kernel; XLA:CPU's strided
+  convolutions onto 2x2 maps are many times slower (docs/benchmarks.md).
+  Each operator entry is one kernel entry or zero, so the result is the
+  convolution's up to summation order. Any other case is passed through.
+  """
+  nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                        ('NHWC', 'HWIO', 'NHWC'))
+  kernel_hw, in_hw = tuple(rhs.shape[:2]), tuple(lhs.shape[1:3])
+  plain = (lhs.ndim == 4 and dimension_numbers == nhwc
+           and feature_group_count == 1 and kernel_hw != (1, 1)
+           and set(lhs_dilation or (1,)) == {1}
+           and set(rhs_dilation or (1,)) == {1})
+  if plain:
+    pads = (jax.lax.padtype_to_pads(in_hw, kernel_hw, window_strides, padding)
+            if isinstance(padding, str) else padding)
+    taps = _tap_matrix(in_hw, kernel_hw, tuple(window_strides),
+                       tuple(tuple(p) for p in pads))
+  if not plain or taps.shape[4] * taps.shape[5] > SMALL_MAP_POSITIONS:
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, precision=precision)
+  operator = jnp.einsum('abyxop,abcf->yxcopf', taps.astype(rhs.dtype), rhs)
+  out = jnp.dot(lhs.reshape(lhs.shape[0], -1),
+                operator.reshape(-1, np.prod(operator.shape[3:])),
+                precision=precision)
+  return out.reshape(lhs.shape[0], *taps.shape[4:], rhs.shape[-1])
 
 
 def _last_scale_init(zero: bool) -> Callable[..., jax.Array]:
@@ -109,6 +167,8 @@ class ResNet(nn.Module):
       (Goyal et al. 2017: each block starts as the identity); the SMoG
       reference (torchvision defaults) does not.
     kernel_init: a key of `KERNEL_INITS`.
+    matmul_small_maps: run convolutions onto maps of at most 2x2 as one
+      matmul (`small_map_conv`; the same parameters and outputs).
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -119,6 +179,7 @@ class ResNet(nn.Module):
   remat: bool = False
   zero_init_residual: bool = True
   kernel_init: str = 'he_fan_out_normal'
+  matmul_small_maps: bool = True
 
   @property
   def num_features(self) -> int:
@@ -130,8 +191,10 @@ class ResNet(nn.Module):
     if self.kernel_init not in KERNEL_INITS:
       raise ValueError(f'Unknown kernel_init {self.kernel_init!r}; use one of '
                        f'{sorted(KERNEL_INITS)}.')
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=KERNEL_INITS[self.kernel_init])
+    conv = functools.partial(
+        nn.Conv, use_bias=False, dtype=self.dtype,
+        kernel_init=KERNEL_INITS[self.kernel_init],
+        conv_general_dilated=small_map_conv if self.matmul_small_maps else None)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=1e-5,
                              dtype=self.dtype)
