@@ -13,6 +13,8 @@ below (keys of `config.model` plus `res`, `batch` and `heads`):
   backbone=resnet18  width=0.5  stem=cifar  stage_sizes=2-2-2-2 (with
   backbone=resnet)  block=basic  dtype=float32  res=28  batch=256
   heads=0|1 (include projector+predictor)  proj=1024  pred=1024
+  matmul=1|0 (model.matmul_small_maps: convolutions onto <= 2x2 maps as
+  one matmul)
 
 Presets (`--preset NAME`) run a list of configs; `--cfg` adds more. XLA
 flags must be set before JAX starts: pass them with `--xla_flags='...'` (they
@@ -59,13 +61,22 @@ PRESETS = {
                'width=0.5,res=28,dtype=bfloat16'],
     'batches': ['width=0.5,res=28,batch=64', 'width=0.5,res=28,batch=128',
                 'width=0.5,res=28,batch=256', 'width=0.5,res=28,batch=512'],
+    # The Fashion-MNIST stride-2 networks; a 4th stage runs at 2x2.
+    'small_maps': [
+        'stem=cifar_stride2,backbone=resnet,stage_sizes=1-1-1,heads=1,'
+        'proj=2048,pred=2048,dtype=bfloat16',
+        'stem=cifar_stride2,backbone=resnet,stage_sizes=1-1-1-1,heads=1,'
+        'proj=2048,pred=2048,dtype=bfloat16,matmul=0',
+        'stem=cifar_stride2,backbone=resnet,stage_sizes=1-1-1-1,heads=1,'
+        'proj=2048,pred=2048,dtype=bfloat16,matmul=1'],
     'heads': ['width=0.5,res=28,heads=0', 'width=0.5,res=28,heads=1',
               'width=0.5,res=28,heads=1,proj=512,pred=512'],
 }
 
 DEFAULTS = dict(backbone='resnet18', width=0.5, stem='cifar',
                 stage_sizes='2-2-2-2', block='basic', dtype='float32', res=28,
-                batch=256, heads=0, proj=1024, pred=1024, channels=1)
+                batch=256, heads=0, proj=1024, pred=1024, channels=1,
+                matmul=1)
 
 
 def parse_cfg(spec: str) -> dict:
@@ -160,7 +171,8 @@ def main():
         stage_sizes=tuple(int(s) for s in cfg['stage_sizes'].split('-')),
         block=cfg['block'], dtype=cfg['dtype'], bn_momentum=0.9,
         projector_hidden_dim=cfg['proj'], predictor_hidden_dim=cfg['pred'],
-        projection_dim=128, head_activation='relu'))
+        projection_dim=128, head_activation='relu',
+        matmul_small_maps=bool(cfg['matmul'])))
     if cfg['heads']:
       net = models.build_network(mcfg)
       apply_out = lambda out: out['prediction']

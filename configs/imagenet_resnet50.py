@@ -54,7 +54,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       num_heads=3, num_groups=3000, temperature=0.1,
       group_momentum_start=1.0, group_momentum_end=0.99,
       ema_momentum=0.999, ema_schedule='constant',
-      kmeans_iters=10, centroid_gradient=False))
+      kmeans_iters=10, regroups_per_epoch=1, centroid_gradient=False))
 
   if variant == 'w2':
     config.model.width = 2.0

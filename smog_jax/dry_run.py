@@ -73,7 +73,8 @@ def lower(config: ml_collections.ConfigDict, mesh: Mesh, num_examples: int,
   sharding_lib.check_divisible(config.batch_size, mesh)
   steps_per_epoch = num_examples // config.batch_size
   plan = trainer.Plan(num_examples, steps_per_epoch,
-                      config.num_epochs * steps_per_epoch)
+                      config.num_epochs * steps_per_epoch,
+                      steps_per_epoch // config.smog.regroups_per_epoch)
   network, tx, step_config, state = trainer.build(config, mesh, plan,
                                                   materialize=False)
   batches = abstract_batches(config, mesh)

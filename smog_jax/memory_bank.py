@@ -7,9 +7,9 @@ so that any N shards and a checkpoint resumes on another device count; rows
 N.. are padding: never written, and ignored by k-means. The train step
 overwrites the rows of its batch with the online projections of the large
 crops; before training, one forward pass over the data set fills it
-(`fill_bank_step`). At every epoch start, `regroup`
-replaces each head's centroids by spherical k-means on one of the banks and
-resets the target network to the online one. Both run on device, jitted.
+(`fill_bank_step`). At every epoch start (or `smog.regroups_per_epoch` times
+an epoch), `regroup` replaces each head's centroids by spherical k-means on
+one of the banks and resets the target network to the online one. Both run on device, jitted.
 """
 
 from __future__ import annotations
@@ -75,10 +75,12 @@ def regroup(state: TrainState, epoch: jax.Array, *, num_iters: int,
   """k-means on the bank for every head, then target <- online.
 
   Only the first `num_examples` bank rows (the data set) are clustered.
+  `epoch` counts the regroupings (the epoch, at the reference's one an
+  epoch).
 
   Head h clusters bank `(h + epoch) mod n_large`: the banks alternate between
-  heads and between epochs. The k-means key is `fold_in(rng, epoch, h)`, so a
-  resumed run regroups exactly as an uninterrupted one.
+  heads and between regroupings. The k-means key is `fold_in(rng, epoch, h)`,
+  so a resumed run regroups exactly as an uninterrupted one.
   """
   num_heads, num_groups, _ = state.centroids.shape
   num_banks = state.memory_bank.shape[0]

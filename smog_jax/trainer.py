@@ -2,7 +2,8 @@
 
 One process per host, each driving its local devices of one global mesh.
 The loop: restore or initialise the state (filling the memory bank with one
-forward pass), then per step: regroup at every epoch start, one fused train
+forward pass), then per step: regroup at every epoch start (or
+`smog.regroups_per_epoch` times an epoch), one fused train
 step, periodic metrics / kNN monitor / checkpoints. Everything a resumed run
 needs is in the checkpointed `TrainState`; the data position is its step.
 """
@@ -75,6 +76,9 @@ class Plan:
   num_train_examples: int
   steps_per_epoch: int
   total_steps: int
+  # Regrouping (k-means + target reset) runs before every step that is a
+  # multiple of this; the reference: once an epoch.
+  regroup_every_steps: int
 
 
 def make_plan(config: ml_collections.ConfigDict, mesh) -> Plan:
@@ -85,7 +89,8 @@ def make_plan(config: ml_collections.ConfigDict, mesh) -> Plan:
   total = config.total_steps
   if total is None or total <= 0:
     total = config.num_epochs * steps_per_epoch
-  return Plan(num_examples, steps_per_epoch, int(total))
+  return Plan(num_examples, steps_per_epoch, int(total),
+              steps_per_epoch // config.smog.regroups_per_epoch)
 
 
 class _Preemption:
@@ -237,10 +242,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   unchecked = None
   with _Preemption(manager) as preemption, _finishing(manager, writer):
     for step in range(start, plan.total_steps):
-      epoch = step // plan.steps_per_epoch
-      if step % plan.steps_per_epoch == 0:
-        state = regroup_fn(state, jnp.asarray(epoch, jnp.int32))
-        logging.info('Regrouped for epoch %d before step %d.', epoch, step)
+      if step % plan.regroup_every_steps == 0:
+        regrouping = step // plan.regroup_every_steps
+        state = regroup_fn(state, jnp.asarray(regrouping, jnp.int32))
+        logging.info('Regrouping %d before step %d.', regrouping, step)
       state, metrics = step_fn(state, next(batches))
       done = step + 1
       if unchecked is not None:

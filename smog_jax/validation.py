@@ -72,6 +72,11 @@ def _check_sizes(config: ml_collections.ConfigDict, num_devices: int,
   _check(batch <= num_examples,
          f'batch_size={batch} exceeds the {num_examples} training examples: '
          'lower --config.batch_size (or raise --config.data.train_slice).')
+  regroups, steps = config.smog.regroups_per_epoch, num_examples // batch
+  _check(1 <= regroups <= steps,
+         f'config.smog.regroups_per_epoch={regroups} is not between 1 and '
+         f'the {steps} steps of an epoch: set --config.smog.regroups_per_epoch '
+         'to a value in that range (the reference: 1).')
   groups = config.smog.num_groups
   _check(groups <= num_examples,
          f'config.smog.num_groups={groups} exceeds the {num_examples} rows of '

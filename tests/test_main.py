@@ -146,7 +146,7 @@ def test_tiny_run_writes_metrics_and_checkpoints(shared, uninterrupted):
   assert last['ema_momentum'] == pytest.approx(0.99)
   # k-means regrouping (and the target reset) exactly at the epoch starts:
   # 4 steps an epoch.
-  assert re.findall(r'Regrouped for epoch (\d+) before step (\d+)',
+  assert re.findall(r'Regrouping (\d+) before step (\d+)',
                     _log(shared, uninterrupted)) == [('0', '0'), ('1', '4')]
   # keep_checkpoints=3 of the checkpoints every 2 steps.
   assert _checkpoint_steps(uninterrupted) == [4, 6, 8]
@@ -285,7 +285,7 @@ def test_resume_with_another_config_is_refused_naming_the_fields(
                                '--config.allow_config_change=True'))
   assert _checkpoint_steps(workdir)[-1] == 10
   # Resumed at an epoch boundary (step 8): regrouped there first.
-  assert 'Regrouped for epoch 2 before step 8.' in _log(shared, workdir)
+  assert 'Regrouping 2 before step 8.' in _log(shared, workdir)
 
 
 def test_non_finite_step_stops_and_keeps_the_last_good_checkpoint(shared):
