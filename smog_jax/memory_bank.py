@@ -9,7 +9,8 @@ overwrites the rows of its batch with the online projections of the large
 crops; before training, one forward pass over the data set fills it
 (`fill_bank_step`). At every epoch start (or `smog.regroups_per_epoch` times
 an epoch), `regroup` replaces each head's centroids by spherical k-means on
-one of the banks and resets the target network to the online one. Both run on device, jitted.
+one of the banks and resets the target network to the online one. Both run on
+device, jitted.
 """
 
 from __future__ import annotations

@@ -288,6 +288,19 @@ def test_resume_with_another_config_is_refused_naming_the_fields(
   assert 'Regrouping 2 before step 8.' in _log(shared, workdir)
 
 
+def test_regroups_per_epoch_regroups_every_that_many_steps(shared):
+  # 4 steps an epoch, twice an epoch: before steps 0, 2, 4 and 6, each a new
+  # regrouping (bank and k-means key); the option survives a resume.
+  workdir = shared['root'] / 'regroup2'
+  extra = ('--config.smog.regroups_per_epoch=2',)
+  _run(shared, workdir, extra=extra + ('--config.total_steps=3',))
+  _run(shared, workdir, extra=extra + ('--config.total_steps=8',
+                                       '--config.allow_config_change=True'))
+  assert re.findall(r'Regrouping (\d+) before step (\d+)',
+                    _log(shared, workdir)) == [
+                        ('0', '0'), ('1', '2'), ('2', '4'), ('3', '6')]
+
+
 def test_non_finite_step_stops_and_keeps_the_last_good_checkpoint(shared):
   workdir = shared['root'] / 'nan'
   # The learning rate jumps to 1e38 after step 1: step 2's update overflows.
