@@ -14,6 +14,7 @@ batch (synchronised BN) wherever the batch is sharded.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -78,15 +79,18 @@ def small_map_conv(lhs, rhs, window_strides, padding, *, lhs_dilation=None,
            and set(lhs_dilation or (1,)) == {1}
            and set(rhs_dilation or (1,)) == {1})
   if plain:
-    pads = (jax.lax.padtype_to_pads(in_hw, kernel_hw, window_strides, padding)
-            if isinstance(padding, str) else padding)
-    taps = _tap_matrix(in_hw, kernel_hw, tuple(window_strides),
-                       tuple(tuple(p) for p in pads))
-  if not plain or taps.shape[4] * taps.shape[5] > SMALL_MAP_POSITIONS:
+    pads = tuple(tuple(p) for p in (
+        jax.lax.padtype_to_pads(in_hw, kernel_hw, window_strides, padding)
+        if isinstance(padding, str) else padding))
+    out_positions = math.prod(
+        (n + sum(p) - k) // s + 1
+        for n, p, k, s in zip(in_hw, pads, kernel_hw, window_strides))
+  if not plain or out_positions > SMALL_MAP_POSITIONS:
     return jax.lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count, precision=precision)
+  taps = _tap_matrix(in_hw, kernel_hw, tuple(window_strides), pads)
   operator = jnp.einsum('abyxop,abcf->yxcopf', taps.astype(rhs.dtype), rhs)
   out = jnp.dot(lhs.reshape(lhs.shape[0], -1),
                 operator.reshape(-1, np.prod(operator.shape[3:])),
