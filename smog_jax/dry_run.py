@@ -74,7 +74,7 @@ def lower(config: ml_collections.ConfigDict, mesh: Mesh, num_examples: int,
   steps_per_epoch = num_examples // config.batch_size
   plan = trainer.Plan(num_examples, steps_per_epoch,
                       config.num_epochs * steps_per_epoch,
-                      steps_per_epoch // config.smog.regroups_per_epoch)
+                      config.smog.regroups_per_epoch)
   network, tx, step_config, state = trainer.build(config, mesh, plan,
                                                   materialize=False)
   batches = abstract_batches(config, mesh)

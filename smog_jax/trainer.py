@@ -76,9 +76,13 @@ class Plan:
   num_train_examples: int
   steps_per_epoch: int
   total_steps: int
-  # Regrouping (k-means + target reset) runs before every step that is a
-  # multiple of this; the reference: once an epoch.
-  regroup_every_steps: int
+  regroups_per_epoch: int
+
+  @property
+  def regroup_every_steps(self) -> int:
+    """Regrouping (k-means + target reset) runs before every step that is a
+    multiple of this; the reference: once an epoch."""
+    return self.steps_per_epoch // self.regroups_per_epoch
 
 
 def make_plan(config: ml_collections.ConfigDict, mesh) -> Plan:
@@ -90,7 +94,7 @@ def make_plan(config: ml_collections.ConfigDict, mesh) -> Plan:
   if total is None or total <= 0:
     total = config.num_epochs * steps_per_epoch
   return Plan(num_examples, steps_per_epoch, int(total),
-              steps_per_epoch // config.smog.regroups_per_epoch)
+              config.smog.regroups_per_epoch)
 
 
 class _Preemption:

@@ -10,6 +10,7 @@ import ml_collections
 
 from smog_jax import models
 from smog_jax import optim
+from smog_jax.data import indices
 from smog_jax.data import settings as data_settings
 from smog_jax.data import sources
 
@@ -72,7 +73,8 @@ def _check_sizes(config: ml_collections.ConfigDict, num_devices: int,
   _check(batch <= num_examples,
          f'batch_size={batch} exceeds the {num_examples} training examples: '
          'lower --config.batch_size (or raise --config.data.train_slice).')
-  regroups, steps = config.smog.regroups_per_epoch, num_examples // batch
+  regroups = config.smog.regroups_per_epoch
+  steps = indices.steps_per_epoch(num_examples, batch)
   _check(1 <= regroups <= steps,
          f'config.smog.regroups_per_epoch={regroups} is not between 1 and '
          f'the {steps} steps of an epoch: set --config.smog.regroups_per_epoch '

@@ -44,13 +44,11 @@ SMALL_MAP_POSITIONS = 4
 
 @functools.lru_cache(maxsize=None)
 def _tap_matrix(in_hw: tuple[int, int], kernel_hw: tuple[int, int],
-                strides: tuple[int, int], pads: tuple[tuple[int, int], ...]
-                ) -> np.ndarray:
+                strides: tuple[int, int], pads: tuple[tuple[int, int], ...],
+                out_hw: tuple[int, int]) -> np.ndarray:
   """0/1 `[kh, kw, H, W, Ho, Wo]`: 1 where tap (ky, kx) of output (oy, ox)
   reads input pixel (y, x); taps on the zero padding read nothing."""
-  (h, w), (kh, kw), (sy, sx) = in_hw, kernel_hw, strides
-  ho = (h + sum(pads[0]) - kh) // sy + 1
-  wo = (w + sum(pads[1]) - kw) // sx + 1
+  (h, w), (kh, kw), (sy, sx), (ho, wo) = in_hw, kernel_hw, strides, out_hw
   taps = np.zeros((kh, kw, h, w, ho, wo), np.float32)
   for ky, kx, oy, ox in np.ndindex(kh, kw, ho, wo):
     y, x = oy * sy - pads[0][0] + ky, ox * sx - pads[1][0] + kx
@@ -82,20 +80,19 @@ def small_map_conv(lhs, rhs, window_strides, padding, *, lhs_dilation=None,
     pads = tuple(tuple(p) for p in (
         jax.lax.padtype_to_pads(in_hw, kernel_hw, window_strides, padding)
         if isinstance(padding, str) else padding))
-    out_positions = math.prod(
-        (n + sum(p) - k) // s + 1
-        for n, p, k, s in zip(in_hw, pads, kernel_hw, window_strides))
-  if not plain or out_positions > SMALL_MAP_POSITIONS:
+    out_hw = tuple((n + sum(p) - k) // s + 1 for n, p, k, s in
+                   zip(in_hw, pads, kernel_hw, window_strides))
+  if not plain or math.prod(out_hw) > SMALL_MAP_POSITIONS:
     return jax.lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count, precision=precision)
-  taps = _tap_matrix(in_hw, kernel_hw, tuple(window_strides), pads)
+  taps = _tap_matrix(in_hw, kernel_hw, tuple(window_strides), pads, out_hw)
   operator = jnp.einsum('abyxop,abcf->yxcopf', taps.astype(rhs.dtype), rhs)
   out = jnp.dot(lhs.reshape(lhs.shape[0], -1),
                 operator.reshape(-1, np.prod(operator.shape[3:])),
                 precision=precision)
-  return out.reshape(lhs.shape[0], *taps.shape[4:], rhs.shape[-1])
+  return out.reshape(lhs.shape[0], *out_hw, rhs.shape[-1])
 
 
 def _last_scale_init(zero: bool) -> Callable[..., jax.Array]:
