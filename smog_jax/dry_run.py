@@ -87,9 +87,9 @@ def lower(config: ml_collections.ConfigDict, mesh: Mesh, num_examples: int,
         network, step_config.augment, mesh, state).lower(state,
                                                           batches['fill'])
   if 'regroup' in programs:
-    epoch = jax.ShapeDtypeStruct((), jnp.int32,
-                                 sharding=sharding_lib.replicated(mesh))
+    regrouping = jax.ShapeDtypeStruct((), jnp.int32,
+                                      sharding=sharding_lib.replicated(mesh))
     lowered['regroup'] = memory_bank.jit_regroup(
         config.smog.kmeans_iters, num_examples, mesh, state).lower(state,
-                                                                   epoch)
+                                                                   regrouping)
   return lowered

@@ -71,27 +71,28 @@ def fill_bank_step(state: TrainState, batch: dict[str, jax.Array], *,
   return state.replace(memory_bank=bank)
 
 
-def regroup(state: TrainState, epoch: jax.Array, *, num_iters: int,
+def regroup(state: TrainState, regrouping: jax.Array, *, num_iters: int,
             num_examples: int) -> TrainState:
   """k-means on the bank for every head, then target <- online.
 
   Only the first `num_examples` bank rows (the data set) are clustered.
-  `epoch` counts the regroupings (the epoch, at the reference's one an
+  `regrouping` counts the regroupings (the epoch, at the reference's one an
   epoch).
 
-  Head h clusters bank `(h + epoch) mod n_large`: the banks alternate between
-  heads and between regroupings. The k-means key is `fold_in(rng, epoch, h)`,
-  so a resumed run regroups exactly as an uninterrupted one.
+  Head h clusters bank `(h + regrouping) mod n_large`: the banks alternate
+  between heads and between regroupings. The k-means key is
+  `fold_in(rng, regrouping, h)`, so a resumed run regroups exactly as an
+  uninterrupted one.
   """
   num_heads, num_groups, _ = state.centroids.shape
   num_banks = state.memory_bank.shape[0]
-  epoch_key = jax.random.fold_in(state.rng, epoch)
+  regrouping_key = jax.random.fold_in(state.rng, regrouping)
   centroids = []
   for h in range(num_heads):
     bank = jax.lax.dynamic_index_in_dim(
-        state.memory_bank, (h + epoch) % num_banks, 0, keepdims=False)
+        state.memory_bank, (h + regrouping) % num_banks, 0, keepdims=False)
     centroids.append(grouping.kmeans(bank, num_groups, num_iters,
-                                     jax.random.fold_in(epoch_key, h),
+                                     jax.random.fold_in(regrouping_key, h),
                                      num_valid=num_examples))
   return state.replace(
       centroids=jnp.stack(centroids),

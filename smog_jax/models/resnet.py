@@ -90,7 +90,7 @@ def small_map_conv(lhs, rhs, window_strides, padding, *, lhs_dilation=None,
   taps = _tap_matrix(in_hw, kernel_hw, tuple(window_strides), pads, out_hw)
   operator = jnp.einsum('abyxop,abcf->yxcopf', taps.astype(rhs.dtype), rhs)
   out = jnp.dot(lhs.reshape(lhs.shape[0], -1),
-                operator.reshape(-1, np.prod(operator.shape[3:])),
+                operator.reshape(-1, math.prod(operator.shape[3:])),
                 precision=precision)
   return out.reshape(lhs.shape[0], *out_hw, rhs.shape[-1])
 
