@@ -29,6 +29,9 @@ _PRETRAIN = {
     'crop_0.4': dict(large_scale=(0.4, 1.0)),
     'crop_0.6': dict(large_scale=(0.6, 1.0)),
     'crop_0.08': dict(large_scale=(0.08, 1.0)),
+    # Solarize (the reference's 0 / 0.2 in the two pipelines).
+    'no_solarize': dict(solarize_prob=(0.0, 0.0)),
+    'solarize_both': dict(solarize_prob=(0.2, 0.2)),
 }
 _LINEAR = {
     'scale_0.5': dict(linear_scale=(0.5, 1.0)),
