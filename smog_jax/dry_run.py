@@ -20,6 +20,7 @@ from smog_jax import memory_bank
 from smog_jax import sharding as sharding_lib
 from smog_jax import train
 from smog_jax import trainer
+from smog_jax.data import indices
 
 
 def load_config(path: str, variant: str | None = None
@@ -71,7 +72,7 @@ def lower(config: ml_collections.ConfigDict, mesh: Mesh, num_examples: int,
     `{program: jax.stages.Lowered}`; `.compile()` one to compile it.
   """
   sharding_lib.check_divisible(config.batch_size, mesh)
-  steps_per_epoch = num_examples // config.batch_size
+  steps_per_epoch = indices.steps_per_epoch(num_examples, config.batch_size)
   plan = trainer.Plan(num_examples, steps_per_epoch,
                       config.num_epochs * steps_per_epoch,
                       config.smog.regroups_per_epoch)
