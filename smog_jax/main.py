@@ -11,6 +11,7 @@ a SLURM job (auto-detected). The loop lives in `smog_jax.trainer`.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from typing import Sequence
@@ -41,6 +42,32 @@ def tune_cpu_backend() -> None:
     os.environ['XLA_FLAGS'] = f'{current} {_CPU_XLA_FLAGS}'.strip()
 
 
+# glibc's malloc options (malloc.h): M_TRIM_THRESHOLD, M_MMAP_MAX.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_host_memory() -> None:
+  """On the CPU backend, makes glibc's malloc reuse freed memory.
+
+  XLA:CPU allocates a step's temporary buffers afresh every step. Beside
+  tf.data, glibc serves them with `mmap` and returns them on free, so each
+  step faults every page in again: a fifth of the CPU time went to the
+  kernel (docs/benchmarks.md). Without `mmap` and heap trimming, freed
+  buffers stay mapped and are reused. Left alone when the environment
+  already sets glibc's malloc (`MALLOC_*_`, `GLIBC_TUNABLES`) or the C
+  library is not glibc. Call after `distributed.initialize()`.
+  """
+  if jax.default_backend() != 'cpu' or any(
+      k.startswith('MALLOC_') or k == 'GLIBC_TUNABLES' for k in os.environ):
+    return
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except AttributeError:
+    return
+  mallopt(_M_MMAP_MAX, 0)
+  mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+
+
 def define_flags() -> None:
   """Registers the flags (at run time, not import time)."""
   config_flags.DEFINE_config_file('config', None, 'Training config file.',
@@ -55,6 +82,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   tune_cpu_backend()
   distributed.initialize()
+  keep_freed_host_memory()
   # pylint: disable=g-import-not-at-top
   from smog_jax import checkpointing, trainer, validation
   from smog_jax.data import DataNotFoundError
