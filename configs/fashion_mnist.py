@@ -9,7 +9,7 @@ Variants (`--config configs/fashion_mnist.py:VARIANT`):
           initialised to one as the reference), 2 x 28 px crops of scale
           0.4-1 per pipeline (no small crops), the reference's 2048-wide
           projector and predictor, 3 heads x 256 groups, LARS peak lr 6,
-          17 epochs computed in bfloat16: sized for 30 minutes of a 2-core
+          14 epochs computed in bfloat16: sized for 30 minutes of a 2-core
           CPU; the runs that chose it are in docs/quality.md, results in
           README.md.
   tiny    a 2-stage width-4 ResNet, 2 heads x 8 groups, batch 16, 64 training
@@ -28,7 +28,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.batch_size = 256
-  config.num_epochs = 17
+  config.num_epochs = 14
   # > 0 overrides the epoch-based length (--config.total_steps=N).
   config.total_steps = -1
   config.log_every_steps = 20
@@ -57,7 +57,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # replaces, for a fraction of the work, so more epochs fit; so does
   # bfloat16 compute (float32 parameters and SMoG math; docs/quality.md).
   # The reference's 2048 hidden units in the heads: above 512 in short
-  # screens, level with it at full length; the epochs pay for their cost.
+  # screens, level with it at full length; 14 epochs pay for their cost.
   config.model = ml_collections.ConfigDict(dict(
       backbone='resnet', stage_sizes=(1, 1, 1), width=0.5,
       stem='cifar_stride2',
