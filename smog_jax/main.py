@@ -49,13 +49,13 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 def keep_freed_host_memory() -> None:
   """On the CPU backend, makes glibc's malloc reuse freed memory.
 
-  XLA:CPU allocates a step's temporary buffers afresh every step. Beside
-  tf.data, glibc serves them with `mmap` and returns them on free, so each
-  step faults every page in again: a fifth of the CPU time went to the
-  kernel (docs/benchmarks.md). Without `mmap` and heap trimming, freed
-  buffers stay mapped and are reused. Left alone when the environment
-  already sets glibc's malloc (`MALLOC_*_`, `GLIBC_TUNABLES`) or the C
-  library is not glibc. Call after `distributed.initialize()`.
+  XLA:CPU allocates a step's temporary buffers afresh every step; glibc
+  serves large ones with `mmap` and unmaps them on free, so in the training
+  loop each step faulted every page in again and a fifth of the CPU time
+  went to the kernel (docs/benchmarks.md). With `mmap` and heap trimming off,
+  freed buffers stay in malloc's heaps and are reused. Left alone when the
+  environment already sets glibc's malloc (`MALLOC_*_`, `GLIBC_TUNABLES`) or
+  the C library is not glibc. Call after `distributed.initialize()`.
   """
   if jax.default_backend() != 'cpu' or any(
       k.startswith('MALLOC_') or k == 'GLIBC_TUNABLES' for k in os.environ):
