@@ -53,7 +53,8 @@ def keep_freed_host_memory() -> None:
   serves large ones with `mmap` and unmaps them on free, so in the training
   loop each step faulted every page in again and a fifth of the CPU time
   went to the kernel (docs/benchmarks.md). With `mmap` and heap trimming off,
-  freed buffers stay in malloc's heaps and are reused. Left alone when the
+  freed buffers stay in malloc's heaps and are reused (except those over the
+  64 MiB of a thread's arena, which glibc always maps). Left alone when the
   environment already sets glibc's malloc (`MALLOC_*_`, `GLIBC_TUNABLES`) or
   the C library is not glibc. Call after `distributed.initialize()`.
   """
