@@ -19,7 +19,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from smog_jax import distributed
-from smog_jax.main import keep_freed_host_memory, tune_cpu_backend
+from smog_jax.main import start_process
 
 
 def define_flags() -> None:
@@ -34,9 +34,7 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  tune_cpu_backend()
-  distributed.initialize()
-  keep_freed_host_memory()
+  start_process()
   from smog_jax.evaluation import runner  # After distributed init.
   results = runner.run(flags.FLAGS.config, flags.FLAGS.workdir)
   logging.info('Results: %s', results)

@@ -45,6 +45,17 @@ def tune_cpu_backend() -> None:
 # glibc's malloc options (malloc.h): M_TRIM_THRESHOLD, M_MMAP_MAX.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
+# The same two settings as glibc tunables, plus transparent huge pages for
+# malloc's memory, which only a tunable can ask for; glibc reads tunables
+# when a process starts.
+CPU_MALLOC_TUNABLES = ('glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:'
+                       'glibc.malloc.trim_threshold=2147483647')
+
+
+def _malloc_set_by_environment() -> bool:
+  return any(k.startswith('MALLOC_') or k == 'GLIBC_TUNABLES'
+             for k in os.environ)
+
 
 def keep_freed_host_memory() -> None:
   """On the CPU backend, makes glibc's malloc reuse freed memory.
@@ -58,8 +69,7 @@ def keep_freed_host_memory() -> None:
   environment already sets glibc's malloc (`MALLOC_*_`, `GLIBC_TUNABLES`) or
   the C library is not glibc. Call after `distributed.initialize()`.
   """
-  if jax.default_backend() != 'cpu' or any(
-      k.startswith('MALLOC_') or k == 'GLIBC_TUNABLES' for k in os.environ):
+  if jax.default_backend() != 'cpu' or _malloc_set_by_environment():
     return
   try:
     mallopt = ctypes.CDLL(None).mallopt
@@ -67,6 +77,45 @@ def keep_freed_host_memory() -> None:
     return
   mallopt(_M_MMAP_MAX, 0)
   mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+
+
+def _restartable() -> bool:
+  """Whether this process is a glibc one started as `python -m smog_jax.*`.
+
+  Only then does replaying `sys.orig_argv` start the same program again
+  (not in a notebook, a test runner or a `python -c` snippet).
+  """
+  spec = getattr(sys.modules.get('__main__'), '__spec__', None)
+  try:
+    glibc = os.confstr('CS_GNU_LIBC_VERSION') is not None
+  except (ValueError, OSError):
+    glibc = False
+  return glibc and spec is not None and spec.name.startswith('smog_jax.')
+
+
+def start_process() -> None:
+  """Readies this process for JAX; each binary's `main` calls it first.
+
+  Adds the CPU convolution flag, joins the multi-host runtime, then on the
+  CPU backend sets up glibc's malloc for XLA:CPU's per-step buffers: a
+  single-process run started as `python -m smog_jax.*` restarts itself once
+  (same pid, arguments and environment) with `CPU_MALLOC_TUNABLES`, whose
+  huge pages no running process can switch on; other CPU processes get
+  `keep_freed_host_memory()`. An environment that sets glibc's malloc
+  itself (`GLIBC_TUNABLES`, even empty, or `MALLOC_*_`) is left alone.
+  """
+  tune_cpu_backend()
+  distributed.initialize()
+  if jax.default_backend() != 'cpu' or _malloc_set_by_environment():
+    return
+  if jax.process_count() == 1 and _restartable():
+    logging.info('Restarting with GLIBC_TUNABLES=%s.', CPU_MALLOC_TUNABLES)
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]],
+              dict(os.environ, GLIBC_TUNABLES=CPU_MALLOC_TUNABLES))
+  keep_freed_host_memory()
 
 
 def define_flags() -> None:
@@ -81,9 +130,7 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  tune_cpu_backend()
-  distributed.initialize()
-  keep_freed_host_memory()
+  start_process()
   # pylint: disable=g-import-not-at-top
   from smog_jax import checkpointing, trainer, validation
   from smog_jax.data import DataNotFoundError

@@ -238,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   # Steps/s and ETA go to the log; metrics.jsonl keeps one record per step.
   report = periodic_actions.ReportProgress(num_train_steps=plan.total_steps,
                                            every_secs=60)
-  batches = data_lib.make_train_iterator(config, mesh, start_step=start)
+  batches = data_lib.make_train_iterator(config, mesh, start, plan.total_steps)
 
   last_log_time, last_log_step = time.time(), start
   # Each step's finiteness is read once the next step is dispatched (so the

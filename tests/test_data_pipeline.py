@@ -49,8 +49,9 @@ def _source(s, split):
 def _host_batches(cfg, start_step, rows, n):
   s = settings_lib.resolve(cfg)
   source = _source(s, sources.train_split(s))
-  it = pipeline.build_train_dataset(s, source, start_step, *rows).as_numpy_iterator()
-  return [next(it) for _ in range(n)]
+  ds = pipeline.build_train_dataset(s, source, start_step, start_step + n,
+                                    *rows)
+  return list(ds.as_numpy_iterator())
 
 
 def _mesh():
@@ -115,6 +116,15 @@ def test_train_batch_contract_and_determinism(data_dir, default_batches):
   assert not np.array_equal(b0['online_small'][0, 0], b0['online_small'][0, 1])
 
 
+def test_train_dataset_holds_the_steps_it_is_given(data_dir, default_batches):
+  # Steps [3, 6) and nothing after: a run's dataset ends with its last step.
+  steps_3_to_5 = _host_batches(_config(data_dir), 3, (0, 16), 3)
+  assert len(steps_3_to_5) == 3
+  for built, expected in zip(steps_3_to_5, default_batches[3:]):
+    for k in expected:
+      np.testing.assert_array_equal(built[k], expected[k])
+
+
 def test_processes_cover_epoch_once_and_concatenate_to_global(data_dir,
                                                               default_batches):
   cfg = _config(data_dir)
@@ -158,7 +168,7 @@ def test_online_target_swap_every_step(data_dir):
 def test_global_iterator_sharded_and_equal_to_host(data_dir, default_batches):
   assert jax.device_count() == 8  # Batch 16: two rows per device.
   batch = next(data.make_train_iterator(_config(data_dir), _mesh(),
-                                        start_step=2))
+                                        start_step=2, stop_step=3))
   for k, v in batch.items():
     assert v.sharding.spec == jax.sharding.PartitionSpec('data')
     np.testing.assert_array_equal(np.asarray(v), default_batches[2][k])
@@ -224,7 +234,7 @@ def test_imagenet_jpeg_path_with_tfds_mock_data(tmp_path):
   with tfds.testing.mock_data(num_examples=10):
     assert data.num_train_examples(cfg) == 10
     s = settings_lib.resolve(cfg)
-    b0 = next(pipeline.build_train_dataset(s, _source(s, 'train'), 0, 0, 4)
+    b0 = next(pipeline.build_train_dataset(s, _source(s, 'train'), 0, 1, 0, 4)
               .as_numpy_iterator())
     assert b0['online_large'].shape == (4, 2, 32, 32, 3)
     assert b0['online_small'].shape == (4, 2, 16, 16, 3)

@@ -1,4 +1,5 @@
-"""`main.keep_freed_host_memory`: freed host memory is kept for reuse.
+"""Freed host memory is kept for reuse: `main.keep_freed_host_memory`, and
+`main.start_process`'s restart with `main.CPU_MALLOC_TUNABLES`.
 
 Each case runs in a fresh interpreter (malloc options are process-wide) and
 reads glibc's `mallinfo2` around a 64 MiB array: with glibc's defaults it is
@@ -11,7 +12,10 @@ import os
 import subprocess
 import sys
 
+from smog_jax import main
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(REPO, 'tests', 'data', 'fashion_mnist')
 
 _PROBE = """
 import ctypes
@@ -44,12 +48,17 @@ print(*allocate_and_free())
 """
 
 
+def _environment(**overrides):
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith('MALLOC_') and k != 'GLIBC_TUNABLES'}
+  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=REPO, **overrides)
+  return env
+
+
 def _probe(**env_overrides):
   """(own mapping, kept after free, heap grew) of 3 allocations: untuned,
   first tuned, second tuned."""
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith('MALLOC_') and k != 'GLIBC_TUNABLES'}
-  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=REPO, **env_overrides)
+  env = _environment(**env_overrides)
   out = subprocess.run([sys.executable, '-c', _PROBE], env=env, check=True,
                        capture_output=True, text=True, timeout=120).stdout
   return [tuple(word == 'True' for word in line.split())
@@ -68,3 +77,37 @@ def test_freed_buffers_are_kept_and_reused():
 def test_malloc_settings_of_the_environment_are_left_alone():
   own_mapping_and_kept = [probe[:2] for probe in _probe(GLIBC_TUNABLES='')]
   assert own_mapping_and_kept == [(True, False)] * 3
+
+
+def test_the_restart_tunables_keep_freed_buffers():
+  # Set at start-up, no mallopt: kept and reused from the first allocation.
+  probes = _probe(GLIBC_TUNABLES=main.CPU_MALLOC_TUNABLES)
+  assert [probe[:2] for probe in probes] == [(False, True)] * 3
+  assert probes[2][2] is False
+
+
+def _run_main(tmp_path, **env_overrides):
+  """stderr of `python -m smog_jax.main` stopped by a bad config value."""
+  proc = subprocess.run(
+      [sys.executable, '-m', 'smog_jax.main', '--config',
+       os.path.join(REPO, 'configs', 'fashion_mnist.py:tiny'),
+       '--workdir', str(tmp_path / 'run'), '--config.smog.temperature=-1',
+       f'--config.data.fashion_mnist_idx_dir={FIXTURE}'],
+      cwd=str(tmp_path), env=_environment(TF_CPP_MIN_LOG_LEVEL='3',
+                                          **env_overrides),
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  return proc.stderr
+
+
+def test_a_cpu_run_restarts_once_with_the_tunables(tmp_path):
+  stderr = _run_main(tmp_path)
+  assert stderr.count('Restarting with GLIBC_TUNABLES=') == 1, stderr[-2000:]
+  # The restarted process ran the program: its one-sentence error.
+  assert stderr.count('smog_jax.main: config.smog.temperature') == 1
+
+
+def test_a_run_whose_environment_sets_malloc_is_not_restarted(tmp_path):
+  stderr = _run_main(tmp_path, GLIBC_TUNABLES='')
+  assert 'Restarting' not in stderr
+  assert stderr.count('smog_jax.main: config.smog.temperature') == 1

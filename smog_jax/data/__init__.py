@@ -67,22 +67,23 @@ def _iterate(config, mesh, split, build, evaluation=False) -> Iterator[dict]:
 
 
 def make_train_iterator(config: ml_collections.ConfigDict, mesh,
-                        start_step: int = 0) -> Iterator[dict]:
-  """The training batches of steps `start_step, start_step + 1, ...`.
+                        start_step: int, stop_step: int) -> Iterator[dict]:
+  """The training batches of steps `start_step, ..., stop_step - 1`.
 
   Args:
     config: the experiment config.
     mesh: 1-D mesh with axis 'data'.
     start_step: global step of the first batch (for resumption).
+    stop_step: the step after the last batch (the run's total steps).
 
   Returns:
-    An infinite iterator of dicts online_large u8[B,nL,S,S,C_src],
+    An iterator of `stop_step - start_step` dicts online_large u8[B,nL,S,S,C_src],
     online_small u8[B,nS,s,s,C_src], target_large u8[B,nL,S,S,C_src],
     index i32[B], epoch i32[B], label i32[B]; `smog_jax.augment.train_views`
     makes the float views.
   """
   build = lambda s, source, *rows: _pipeline().build_train_dataset(
-      s, source, start_step, *rows)
+      s, source, start_step, stop_step, *rows)
   return _iterate(config, mesh, sources.train_split, build)
 
 

@@ -36,21 +36,19 @@ def check_rows(batch_size: int, row_start: int, row_stop: int) -> None:
 
 
 def train_indices(seed: int, num_examples: int, batch_size: int,
-                  start_step: int, row_start: int, row_stop: int
-                  ) -> Iterator[tuple[int, int, np.ndarray]]:
-  """Yields `(step, epoch, example indices of the rows)` from `start_step`."""
+                  start_step: int, stop_step: int, row_start: int,
+                  row_stop: int) -> Iterator[tuple[int, int, np.ndarray]]:
+  """Yields `(step, epoch, example indices of the rows)`, steps in order."""
   check_rows(batch_size, row_start, row_stop)
   per_epoch = steps_per_epoch(num_examples, batch_size)
   if per_epoch == 0:
     raise ValueError(f'batch_size={batch_size} exceeds the {num_examples} '
                      'training examples: lower --config.batch_size.')
-  step = start_step
-  while True:
+  for step in range(start_step, stop_step):
     epoch, position = divmod(step, per_epoch)
     order = _cached_permutation(seed, STREAM_TRAIN, epoch, num_examples)
     first = position * batch_size
     yield step, epoch, order[first + row_start:first + row_stop]
-    step += 1
 
 
 def padded_indices(order: np.ndarray, batch_size: int, row_start: int,

@@ -161,11 +161,14 @@ def train_example(settings: DataSettings, source: DataSource) -> Callable:
 
 
 def build_train_dataset(settings: DataSettings, source: DataSource,
-                        start_step: int, row_start: int, row_stop: int):
-  """This process's rows of the training batches from `start_step` on.
+                        start_step: int, stop_step: int, row_start: int,
+                        row_stop: int):
+  """This process's rows of the training batches of steps [start, stop).
 
   Element `k` holds rows `[row_start, row_stop)` of the global batch of step
-  `start_step + k` (keys in docs/architecture.md).
+  `start_step + k` (keys in docs/architecture.md). The dataset ends with the
+  run: at the last step no reading or cropping is left in flight, which
+  tf.data's iterator would otherwise wait on when it is deleted.
   """
   hide_accelerators_from_tf()
   rows = row_stop - row_start
@@ -173,7 +176,7 @@ def build_train_dataset(settings: DataSettings, source: DataSource,
   def batches():
     for step, epoch, index in indices.train_indices(
         settings.seed, len(source), settings.batch_size, start_step,
-        row_start, row_stop):
+        stop_step, row_start, row_stop):
       yield (np.full(rows, step), np.full(rows, epoch), index,
              *source.read(index))
 
