@@ -13,6 +13,7 @@ solarize, channel conversion, normalisation) runs on the device
 from __future__ import annotations
 
 import collections
+import os
 from typing import Callable, Iterator
 
 import numpy as np
@@ -122,13 +123,24 @@ def _dataset(source: DataSource, rows: int, batches: Callable,
   ds = tf.data.Dataset.from_generator(batches, output_signature=(
       *(tf.TensorSpec([rows], t) for t in dtypes), image_spec,
       tf.TensorSpec([rows], tf.int32)))
-  ds = ds.unbatch().map(per_example, num_parallel_calls=tf.data.AUTOTUNE,
+  # One example in flight per core; tf.data's autotuning is off: with one
+  # map stage it has nothing to balance, and its model thread could hold a
+  # deleted iterator (the end of every run) for up to a minute
+  # (docs/benchmarks.md).
+  ds = ds.unbatch().map(per_example, num_parallel_calls=_host_cores(),
                         deterministic=True)
   ds = ds.batch(rows, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = True  # Element order must not follow thread timing.
-  options.autotune.enabled = True
+  options.autotune.enabled = False
   return ds.with_options(options)
+
+
+def _host_cores() -> int:
+  """The cores this process may run on (tf.data's own thread count)."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def train_example(settings: DataSettings, source: DataSource) -> Callable:
@@ -166,9 +178,8 @@ def build_train_dataset(settings: DataSettings, source: DataSource,
   """This process's rows of the training batches of steps [start, stop).
 
   Element `k` holds rows `[row_start, row_stop)` of the global batch of step
-  `start_step + k` (keys in docs/architecture.md). The dataset ends with the
-  run: at the last step no reading or cropping is left in flight, which
-  tf.data's iterator would otherwise wait on when it is deleted.
+  `start_step + k` (keys in docs/architecture.md). It ends with the run:
+  nothing past the last step is read or cropped.
   """
   hide_accelerators_from_tf()
   rows = row_stop - row_start
