@@ -58,19 +58,16 @@ def _malloc_set_by_environment() -> bool:
 
 
 def keep_freed_host_memory() -> None:
-  """On the CPU backend, makes glibc's malloc reuse freed memory.
+  """Makes glibc's malloc reuse freed memory (`start_process` decides when).
 
   XLA:CPU allocates a step's temporary buffers afresh every step; glibc
   serves large ones with `mmap` and unmaps them on free, so in the training
   loop each step faulted every page in again and a fifth of the CPU time
   went to the kernel (docs/benchmarks.md). With `mmap` and heap trimming off,
   freed buffers stay in malloc's heaps and are reused (except those over the
-  64 MiB of a thread's arena, which glibc always maps). Left alone when the
-  environment already sets glibc's malloc (`MALLOC_*_`, `GLIBC_TUNABLES`) or
-  the C library is not glibc. Call after `distributed.initialize()`.
+  64 MiB of a thread's arena, which glibc always maps). Does nothing where
+  the C library is not glibc.
   """
-  if jax.default_backend() != 'cpu' or _malloc_set_by_environment():
-    return
   try:
     mallopt = ctypes.CDLL(None).mallopt
   except AttributeError:

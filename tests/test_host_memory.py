@@ -1,5 +1,5 @@
-"""Freed host memory is kept for reuse: `main.keep_freed_host_memory`, and
-`main.start_process`'s restart with `main.CPU_MALLOC_TUNABLES`.
+"""`main.start_process` keeps freed host memory for reuse: in place
+(`keep_freed_host_memory`), or by a restart with `main.CPU_MALLOC_TUNABLES`.
 
 Each case runs in a fresh interpreter (malloc options are process-wide) and
 reads glibc's `mallinfo2` around a 64 MiB array: with glibc's defaults it is
@@ -21,8 +21,11 @@ _PROBE = """
 import ctypes
 import jax
 import numpy as np
-from smog_jax import main
+from absl import flags
+from smog_jax import distributed, main
 
+distributed.define_flags()
+flags.FLAGS(['probe'])
 jax.default_backend()  # Initialised first: its own allocations aside.
 
 FIELDS = ('arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks '
@@ -42,7 +45,7 @@ def allocate_and_free():
   return own_mapping, info.fordblks >= SIZE, info.arena > heap
 
 print(*allocate_and_free())
-main.keep_freed_host_memory()
+main.start_process()  # Not `python -m smog_jax.*`: tuned in place.
 print(*allocate_and_free())
 print(*allocate_and_free())
 """

@@ -77,10 +77,10 @@ def make_train_iterator(config: ml_collections.ConfigDict, mesh,
     stop_step: the step after the last batch (the run's total steps).
 
   Returns:
-    An iterator of `stop_step - start_step` dicts online_large u8[B,nL,S,S,C_src],
-    online_small u8[B,nS,s,s,C_src], target_large u8[B,nL,S,S,C_src],
-    index i32[B], epoch i32[B], label i32[B]; `smog_jax.augment.train_views`
-    makes the float views.
+    An iterator of `stop_step - start_step` dicts online_large
+    u8[B,nL,S,S,C_src], online_small u8[B,nS,s,s,C_src], target_large
+    u8[B,nL,S,S,C_src], index i32[B], epoch i32[B], label i32[B];
+    `smog_jax.augment.train_views` makes the float views.
   """
   build = lambda s, source, *rows: _pipeline().build_train_dataset(
       s, source, start_step, stop_step, *rows)
