@@ -110,7 +110,7 @@ def main(argv):
   network = models.build_network(config.model)
   sched = schedules.from_config(config, 1000, 100)
   tx = optim.make_optimizer(config.optimizer, sched.learning_rate)
-  s, ss, c = d.image_size, d.small_image_size, d.channels
+  s, ss, c = d.large_crop_size, d.small_image_size, d.channels
   b = config.batch_size
   rng = np.random.default_rng(0)
   crops = lambda n, size: rng.integers(0, 256, (b, n, size, size, c), np.uint8)

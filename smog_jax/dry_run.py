@@ -45,13 +45,12 @@ def abstract_batches(config: ml_collections.ConfigDict, mesh: Mesh
                                 jnp.uint8, sharding=sharded)
 
   ints = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=sharded)
-  train_batch = dict(online_large=images(d.num_large_crops, d.image_size),
+  large = images(d.num_large_crops, d.large_crop_size)
+  train_batch = dict(online_large=large,
                      online_small=images(d.num_small_crops,
                                          d.small_image_size),
-                     target_large=images(d.num_large_crops, d.image_size),
-                     index=ints, epoch=ints, label=ints)
-  fill_batch = dict(large=images(d.num_large_crops, d.image_size), index=ints,
-                    label=ints,
+                     target_large=large, index=ints, epoch=ints, label=ints)
+  fill_batch = dict(large=large, index=ints, label=ints,
                     mask=jax.ShapeDtypeStruct((b,), jnp.bool_,
                                               sharding=sharded))
   return dict(train=train_batch, fill=fill_batch)

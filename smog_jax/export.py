@@ -74,9 +74,7 @@ def preprocessing_from_config(config: ml_collections.ConfigDict
                               ) -> dict[str, Any]:
   """The input preprocessing of a pre-training config (its `data` fields)."""
   config = ml_collections.ConfigDict(config.to_dict())
-  for name in data_settings.RETIRED_FIELDS:  # In older saved configs.
-    if name in config.data:
-      del config.data[name]
+  data_settings.upgrade_saved(config.data)
   resolved = data_settings.resolve(config)
   return dict(dataset=resolved.dataset, image_size=resolved.image_size,
               channels=resolved.channels, mean=list(resolved.mean),

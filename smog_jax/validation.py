@@ -84,14 +84,15 @@ def _check_sizes(config: ml_collections.ConfigDict, num_devices: int,
          f'config.smog.num_groups={groups} exceeds the {num_examples} rows of '
          'the memory bank (one per training example), so k-means cannot '
          'seed every group: lower --config.smog.num_groups.')
-  size, small = data.image_size, data.small_image_size
-  _check(small <= size,
-         f'config.data.small_image_size={small} exceeds image_size={size}: '
-         'set --config.data.small_image_size <= image_size.')
+  large, small = data.large_crop_size, data.small_image_size
+  _check(small <= large,
+         f'config.data.small_image_size={small} exceeds large_crop_size='
+         f'{large}: set --config.data.small_image_size <= large_crop_size.')
   native = sources.NATIVE_IMAGE_SIZE.get(data.dataset)
-  _check(native is None or size <= native,
-         f'config.data.image_size={size} exceeds the {native} px images of '
-         f'{data.dataset}: set --config.data.image_size <= {native}.')
+  for name in ('image_size', 'large_crop_size'):
+    _check(native is None or data[name] <= native,
+           f'config.data.{name}={data[name]} exceeds the {native} px images '
+           f'of {data.dataset}: set --config.data.{name} <= {native}.')
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int,

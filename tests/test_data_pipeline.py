@@ -215,14 +215,15 @@ def test_eval_iterators_global(data_dir):
 
 
 def test_bank_fill_in_index_order_with_padding(data_dir):
-  cfg = _config(data_dir, train_slice=40)
+  cfg = _config(data_dir, train_slice=40, large_crop_size=20)
   batches = list(data.make_bank_fill_iterator(cfg, _mesh()))
   assert len(batches) == 3  # ceil(40 / 16)
   idx = np.concatenate([np.asarray(b['index']) for b in batches])
   mask = np.concatenate([np.asarray(b['mask']) for b in batches])
   np.testing.assert_array_equal(idx[:40], np.arange(40))
   assert mask[:40].all() and not mask[40:].any() and np.all(idx[40:] == 40)
-  assert batches[0]['large'].shape == (16, 2, 28, 28, 1)
+  # The training crops' side, not the evaluation images'.
+  assert batches[0]['large'].shape == (16, 2, 20, 20, 1)
   assert batches[0]['large'].dtype == np.uint8
 
 
@@ -230,13 +231,16 @@ def test_imagenet_jpeg_path_with_tfds_mock_data(tmp_path):
   cfg = ml_collections.ConfigDict(dict(
       batch_size=4, seed=0, data=data.default_data_config('imagenet2012')))
   cfg.data.update(dict(data_dir=str(tmp_path), image_size=32,
-                       small_image_size=16, num_small_crops=2))
+                       large_crop_size=24, small_image_size=16,
+                       num_small_crops=2))
   with tfds.testing.mock_data(num_examples=10):
     assert data.num_train_examples(cfg) == 10
     s = settings_lib.resolve(cfg)
     b0 = next(pipeline.build_train_dataset(s, _source(s, 'train'), 0, 1, 0, 4)
               .as_numpy_iterator())
-    assert b0['online_large'].shape == (4, 2, 32, 32, 3)
+    # Large crops at large_crop_size, evaluation images at image_size.
+    assert b0['online_large'].shape == (4, 2, 24, 24, 3)
+    assert b0['target_large'].shape == (4, 2, 24, 24, 3)
     assert b0['online_small'].shape == (4, 2, 16, 16, 3)
     assert b0['target_large'].dtype == np.uint8
     ev = list(pipeline.build_eval_dataset(s, _source(s, 'validation'), 'test',

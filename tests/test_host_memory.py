@@ -8,14 +8,11 @@ again); tuned, it comes from malloc's heap, and after a free the next one
 reuses the same bytes without the heap growing.
 """
 
-import os
 import subprocess
 import sys
 
+import cli_runs
 from smog_jax import main
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURE = os.path.join(REPO, 'tests', 'data', 'fashion_mnist')
 
 _PROBE = """
 import ctypes
@@ -51,17 +48,10 @@ print(*allocate_and_free())
 """
 
 
-def _environment(**overrides):
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith('MALLOC_') and k != 'GLIBC_TUNABLES'}
-  env.update(JAX_PLATFORMS='cpu', PYTHONPATH=REPO, **overrides)
-  return env
-
-
 def _probe(**env_overrides):
   """(own mapping, kept after free, heap grew) of 3 allocations: untuned,
   first tuned, second tuned."""
-  env = _environment(**env_overrides)
+  env = cli_runs.environment(**env_overrides)
   out = subprocess.run([sys.executable, '-c', _PROBE], env=env, check=True,
                        capture_output=True, text=True, timeout=120).stdout
   return [tuple(word == 'True' for word in line.split())
@@ -91,14 +81,10 @@ def test_the_restart_tunables_keep_freed_buffers():
 
 def _run_main(tmp_path, **env_overrides):
   """stderr of `python -m smog_jax.main` stopped by a bad config value."""
-  proc = subprocess.run(
-      [sys.executable, '-m', 'smog_jax.main', '--config',
-       os.path.join(REPO, 'configs', 'fashion_mnist.py:tiny'),
-       '--workdir', str(tmp_path / 'run'), '--config.smog.temperature=-1',
-       f'--config.data.fashion_mnist_idx_dir={FIXTURE}'],
-      cwd=str(tmp_path), env=_environment(TF_CPP_MIN_LOG_LEVEL='3',
-                                          **env_overrides),
-      capture_output=True, text=True, timeout=300, check=False)
+  proc = cli_runs.run_main(
+      tmp_path, '--config.smog.temperature=-1',
+      f'--config.data.fashion_mnist_idx_dir={cli_runs.FIXTURE}',
+      **env_overrides)
   assert proc.returncode == 1, proc.stderr[-2000:]
   return proc.stderr
 

@@ -1,21 +1,17 @@
 """Config validation: each bad value is one clear sentence, before compiling."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
+import cli_runs
 from smog_jax import dry_run
 from smog_jax import validation
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURE = os.path.join(REPO, 'tests', 'data', 'fashion_mnist')
 
 
 def _config(**changes):
   config = dry_run.load_config(
-      os.path.join(REPO, 'configs', 'fashion_mnist.py'), 'tiny')
+      os.path.join(cli_runs.REPO, 'configs', 'fashion_mnist.py'), 'tiny')
   for path, value in changes.items():
     *parents, name = path.split('.')
     node = config
@@ -48,6 +44,9 @@ def test_the_tiny_config_is_valid():
     ({'smog.regroups_per_epoch': 0}, 8, 1, 64, ['regroups_per_epoch=0']),
     ({'data.small_image_size': 40}, 8, 1, 64, ['small_image_size=40']),
     ({'data.image_size': 56}, 8, 1, 64, ['image_size=56', '28 px']),
+    ({'data.large_crop_size': 56}, 8, 1, 64, ['large_crop_size=56', '28 px']),
+    ({'data.large_crop_size': 12}, 8, 1, 64, ['small_image_size=14',
+                                              'large_crop_size=12']),
     ({'model.backbone': 'resnet9000'}, 8, 1, 64, ["'resnet9000'",
                                                    'resnet50']),
     ({'optimizer.name': 'rmsprop'}, 8, 1, 64, ["'rmsprop'", 'lars']),
@@ -68,16 +67,10 @@ def test_each_bad_value_is_named_with_its_fix(changes, devices, processes,
 
 
 def test_main_prints_one_sentence_without_a_traceback(tmp_path):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
-  proc = subprocess.run(
-      [sys.executable, '-m', 'smog_jax.main', '--config',
-       os.path.join(REPO, 'configs', 'fashion_mnist.py:tiny'),
-       '--workdir', str(tmp_path / 'run'), '--config.smog.temperature=-1',
-       f'--config.data.data_dir={tmp_path / "tfds"}',
-       f'--config.data.fashion_mnist_idx_dir={FIXTURE}'],
-      cwd=str(tmp_path), env=env, capture_output=True, text=True,
-      timeout=300, check=False)
+  proc = cli_runs.run_main(
+      tmp_path, '--config.smog.temperature=-1',
+      f'--config.data.data_dir={tmp_path / "tfds"}',
+      f'--config.data.fashion_mnist_idx_dir={cli_runs.FIXTURE}')
   assert proc.returncode == 1
   assert 'Traceback' not in proc.stderr
   assert ('smog_jax.main: config.smog.temperature=-1.0 must be positive'
@@ -86,16 +79,10 @@ def test_main_prints_one_sentence_without_a_traceback(tmp_path):
 
 
 def test_missing_data_is_one_sentence_naming_the_ways(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
-  proc = subprocess.run(
-      [sys.executable, '-m', 'smog_jax.main', '--config',
-       os.path.join(REPO, 'configs', 'fashion_mnist.py:tiny'),
-       '--workdir', str(tmp_path / 'run'),
-       f'--config.data.data_dir={tmp_path / "empty"}',
-       f'--config.data.fashion_mnist_idx_dir={tmp_path / "none"}',
-       '--config.data.download=False'],
-      cwd=str(tmp_path), env=env, capture_output=True, text=True,
-      timeout=300, check=False)
+  proc = cli_runs.run_main(
+      tmp_path, f'--config.data.data_dir={tmp_path / "empty"}',
+      f'--config.data.fashion_mnist_idx_dir={tmp_path / "none"}',
+      '--config.data.download=False')
   assert proc.returncode == 1 and 'Traceback' not in proc.stderr
   line = [l for l in proc.stderr.splitlines() if 'smog_jax.main:' in l]
   assert len(line) == 1 and 'dataset-fashion-mnist' in line[0], line

@@ -159,7 +159,7 @@ def train_example(settings: DataSettings, source: DataSource) -> Callable:
     target_draws = tf.gather(draws, 1 - online)
     pixels = _decode(source, image)
     large = lambda draws: crop_views(settings, pixels, draws[:n_large],
-                                     settings.image_size,
+                                     settings.large_crop_size,
                                      settings.large_scale)
     return dict(
         online_large=large(online_draws), target_large=large(target_draws),
@@ -221,7 +221,8 @@ def build_bank_fill_dataset(settings: DataSettings, source: DataSource,
     key = example_key(settings.seed, STREAM_BANK, 0, read)
     draws = view_draws(key, settings.num_large_crops)[0]
     return dict(large=crop_views(settings, _decode(source, image), draws,
-                                 settings.image_size, settings.large_scale))
+                                 settings.large_crop_size,
+                                 settings.large_scale))
 
   return _padded_dataset(source, np.arange(len(source)), settings.batch_size,
                          row_start, row_stop, per_example)

@@ -16,8 +16,8 @@ from smog_jax import augment
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.228, 0.224, 0.225)  # As the spec and the reference.
 
-# Per-dataset fields: channels, image_size, small_image_size, mean, std,
-# eval_split, eval_crop_fraction.
+# Per-dataset fields: channels, image_size (and large_crop_size),
+# small_image_size, mean, std, eval_split, eval_crop_fraction.
 _PRESETS = {
     'fashion_mnist': (1, 28, 14, (0.2860,), (0.3530,), 'test', 1.0),
     'cifar10': (3, 32, 16, (0.4914, 0.4822, 0.4465),
@@ -28,8 +28,10 @@ _PRESETS = {
                      224 / 256),
 }
 DATASETS = tuple(_PRESETS)
-# Fields that configs saved by earlier versions may still carry.
+# Fields that configs saved by earlier versions may still carry, and the
+# fields they lack, each with the field whose value those versions used.
 RETIRED_FIELDS = ('random_access', 'shuffle_buffer')
+ADDED_FIELDS = {'large_crop_size': 'image_size'}
 
 
 def default_data_config(dataset: str = 'fashion_mnist'
@@ -57,7 +59,11 @@ def default_data_config(dataset: str = 'fashion_mnist'
       train_slice=placeholder(int),  # Only the first N training examples.
       # Output channels C (grey sources are replicated, RGB made grey).
       channels=channels,
-      image_size=size,  # S: large crops and evaluation images.
+      # S: the evaluation images (kNN monitor, linear probe, export).
+      image_size=size,
+      # The large training crops' side; below S the network trains at a
+      # lower resolution than its features are used at (FixRes).
+      large_crop_size=size,
       small_image_size=small,  # s: small crops.
       num_large_crops=2,
       num_small_crops=4,  # Online pipeline only; may be 0.
@@ -89,6 +95,21 @@ def default_data_config(dataset: str = 'fashion_mnist'
   ))
 
 
+def upgrade_saved(data: ml_collections.ConfigDict) -> None:
+  """Brings a `config.data` saved by an earlier version to today's fields.
+
+  In place: retired fields are dropped, added ones take the value that
+  version used, so its runs evaluate and export as they trained.
+  """
+  with data.unlocked():
+    for name in RETIRED_FIELDS:
+      if name in data:
+        del data[name]
+    for name, used in ADDED_FIELDS.items():
+      if name not in data:
+        data[name] = data[used]
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
   """`config.data` as read by `resolve`, with `batch_size` and `seed`.
@@ -106,6 +127,7 @@ class DataSettings:
   train_slice: int | None
   channels: int
   image_size: int
+  large_crop_size: int
   small_image_size: int
   num_large_crops: int
   num_small_crops: int
