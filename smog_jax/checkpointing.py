@@ -23,6 +23,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from etils import epath
 
+from smog_jax.data import settings as data_settings
+
 CHECKPOINT_SUBDIR = 'checkpoints'
 # Config fields that never change what a run computes: a resumed run may
 # always change them.
@@ -92,9 +94,13 @@ def check_resumable_config(saved: Mapping[str, Any],
   """Raises `CheckpointError` if `config` may not resume a `saved` run.
 
   Operational fields may always differ; `CHANGEABLE_FIELDS` only with
-  `config.allow_config_change`; every other difference is refused.
+  `config.allow_config_change`; every other difference is refused. A config
+  saved by an earlier version is first brought to today's data fields.
   """
-  old, new = flatten(saved), flatten(config.to_dict())
+  saved = ml_collections.ConfigDict(dict(saved))
+  if 'data' in saved:
+    data_settings.upgrade_saved(saved.data)
+  old, new = flatten(saved.to_dict()), flatten(config.to_dict())
   differing = sorted(k for k in old.keys() | new.keys()
                      if k not in OPERATIONAL_FIELDS and old.get(k) != new.get(k))
   refused = [k for k in differing

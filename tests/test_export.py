@@ -14,7 +14,6 @@ import optax
 import pytest
 
 from smog_jax import export
-from smog_jax.data import settings as data_settings
 
 IMAGE_SIZE = 28  # The `:tiny` pre-training config's (Fashion-MNIST).
 
@@ -44,17 +43,6 @@ def test_load_from_workdir_is_the_online_backbone(pretrained):
       module.apply(variables, _images(), train=False),
       _original_features(model_config, state, _images()), rtol=1e-6,
       atol=1e-6)
-
-
-def test_configs_saved_by_earlier_versions_still_resolve(pretrain):
-  _, config, _ = pretrain
-  saved = ml_collections.ConfigDict(config.to_dict())
-  del saved.data['large_crop_size']  # Added since: crops were image_size.
-  saved.data.shuffle_buffer = 10_000  # Retired since.
-  assert export.preprocessing_from_config(saved)['image_size'] == IMAGE_SIZE
-  data_settings.upgrade_saved(saved.data)
-  assert saved.data.large_crop_size == IMAGE_SIZE
-  assert 'shuffle_buffer' not in saved.data
 
 
 def test_export_round_trip(pretrained, tmp_path):
@@ -138,7 +126,6 @@ import numpy as np
 import smog_jax.augment, smog_jax.data, smog_jax.grouping, smog_jax.models
 import smog_jax.optim, smog_jax.schedules, smog_jax.train
 from smog_jax import export
-from smog_jax.data import settings as data_settings
 module, variables = export.load_backbone(sys.argv[1])
 features = module.apply(variables, np.zeros((2, 28, 28, 1)), train=False)
 assert features.shape[0] == 2 and not any(
