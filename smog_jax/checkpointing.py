@@ -62,8 +62,13 @@ def make_manager(workdir: str, max_to_keep: int = 3,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True,
       enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_names=('state', 'config'))
+  manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                                  item_names=('state', 'config'))
+  # That removal runs in a thread, which orbax (the pinned 0.12.8) awaits only
+  # before a save: a run that stops first (a refused config) would exit under
+  # it, and the interpreter's shutdown breaks it with a traceback.
+  manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=W0212
+  return manager
 
 
 def save(manager: ocp.CheckpointManager, state: Any,
