@@ -99,13 +99,9 @@ def check_resumable_config(saved: Mapping[str, Any],
   """Raises `CheckpointError` if `config` may not resume a `saved` run.
 
   Operational fields may always differ; `CHANGEABLE_FIELDS` only with
-  `config.allow_config_change`; every other difference is refused. A config
-  saved by an earlier version is first brought to today's data fields.
+  `config.allow_config_change`; every other difference is refused.
   """
-  saved = ml_collections.ConfigDict(dict(saved))
-  if 'data' in saved:
-    data_settings.upgrade_saved(saved.data)
-  old, new = flatten(saved.to_dict()), flatten(config.to_dict())
+  old, new = flatten(saved), flatten(config.to_dict())
   differing = sorted(k for k in old.keys() | new.keys()
                      if k not in OPERATIONAL_FIELDS and old.get(k) != new.get(k))
   refused = [k for k in differing
@@ -146,9 +142,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
   unreadable = []
   for step in steps:
     try:
-      saved = manager.restore(step, args=ocp.args.Composite(
-          config=ocp.args.JsonRestore()))['config']
-      check_resumable_config(saved, config, directory)
+      saved = _restore_config(manager, step)
+      check_resumable_config(saved.to_dict(), config, directory)
       state = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state)))['state']
     except CheckpointError:
@@ -165,6 +160,21 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
         f'No readable checkpoint among steps {sorted(steps)} in {directory}: '
         'move them away to start afresh, or restore the workdir from a copy.')
   return None
+
+
+def _restore_config(manager: ocp.CheckpointManager, step: int
+                    ) -> ml_collections.ConfigDict:
+  """The config saved with checkpoint `step`, brought to today's fields.
+
+  Every reader of a saved config comes through here, so a run written by an
+  earlier version resumes, evaluates, exports and reports as it trained.
+  """
+  saved = manager.restore(step, args=ocp.args.Composite(
+      config=ocp.args.JsonRestore()))['config']
+  config = ml_collections.ConfigDict(saved)
+  if 'data' in config:
+    data_settings.upgrade_saved(config.data)
+  return config
 
 
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
@@ -216,13 +226,12 @@ def load_host_state(path: str, step: int | None = None
       raise FileNotFoundError(f'{directory!r} holds no finished checkpoint'
                               + ('' if step is None else f' of step {step}')
                               + '.')
-    config = manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))['config']
+    config = _restore_config(manager, step)
     state_dir = os.path.join(directory, str(step), 'state')
     tree = ocp.PyTreeCheckpointer().restore(
         state_dir, args=ocp.args.PyTreeRestore(
             restore_args=_host_restore_args(state_dir)))
-  return ml_collections.ConfigDict(config), tree, int(step)
+  return config, tree, int(step)
 
 
 def load_pretrained(path: str) -> tuple[ml_collections.ConfigDict,

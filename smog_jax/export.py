@@ -73,8 +73,6 @@ def is_export_dir(path: str) -> bool:
 def preprocessing_from_config(config: ml_collections.ConfigDict
                               ) -> dict[str, Any]:
   """The input preprocessing of a pre-training config (its `data` fields)."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  data_settings.upgrade_saved(config.data)
   resolved = data_settings.resolve(config)
   return dict(dataset=resolved.dataset, image_size=resolved.image_size,
               channels=resolved.channels, mean=list(resolved.mean),

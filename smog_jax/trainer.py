@@ -147,7 +147,7 @@ def _check_finite(metrics, step: int, manager) -> None:
 
 
 def _knn_due(config, epoch_done: int, plan: Plan, step: int) -> bool:
-  every = config.get('knn_every_epochs', 0)
+  every = config.knn_every_epochs
   if every < 0:
     return False
   at_end = step == plan.total_steps

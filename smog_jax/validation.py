@@ -32,6 +32,10 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
   _check(opt.name in optim.OPTIMIZERS,
          f'Unknown optimizer {opt.name!r}: set --config.optimizer.name to one '
          f'of {sorted(optim.OPTIMIZERS)}.')
+  missing = [f for f in optim.OPTIMIZER_FIELDS[opt.name] if f not in opt]
+  _check(not missing, f'config.optimizer lacks {missing}, which optimizer '
+         f'{opt.name!r} reads: add them to config.optimizer in the config '
+         'file.')
   _check(data.dataset in data_settings.DATASETS,
          f'Unknown dataset {data.dataset!r}: set --config.data.dataset to one '
          f'of {sorted(data_settings.DATASETS)}.')
@@ -50,7 +54,7 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
   momenta = {'smog.ema_momentum': smog.ema_momentum,
              'smog.group_momentum_start': smog.group_momentum_start,
              'smog.group_momentum_end': smog.group_momentum_end}
-  if 'momentum' in opt:
+  if 'momentum' in optim.OPTIMIZER_FIELDS[opt.name]:
     momenta['optimizer.momentum'] = opt.momentum
   for name, value in momenta.items():
     _check(0.0 <= value <= 1.0, f'config.{name}={value} is outside [0, 1]: '

@@ -31,11 +31,13 @@ def use_fixture(config, data_dir: str):
   return config
 
 
-def write_pretraining_workdir(workdir: str, config, step: int = 7):
+def write_pretraining_workdir(workdir: str, config, step: int = 7,
+                              memory_bank_rows: int | None = None):
   """Saves a random SMoG TrainState of `config` as pre-training does.
 
   The BN running statistics are random too, so that a loader that dropped
-  or mixed them up would change the features.
+  or mixed them up would change the features. `memory_bank_rows`: rows of
+  the (zero) memory bank, None for none.
 
   Returns:
     The saved state (host arrays).
@@ -44,7 +46,8 @@ def write_pretraining_workdir(workdir: str, config, step: int = 7):
   d = config.data
   state = jax.jit(lambda rng: train_state_lib.create_train_state(
       rng, network, optax.sgd(0.1), (d.image_size, d.image_size, d.channels),
-      config.smog.num_heads, config.smog.num_groups))(jax.random.key(0))
+      config.smog.num_heads, config.smog.num_groups,
+      memory_bank_rows))(jax.random.key(0))
   rng = np.random.default_rng(0)
   stats = jax.tree.map_with_path(
       lambda path, x: (rng.uniform(0.5, 1.5, x.shape) if path[-1].key == 'var'

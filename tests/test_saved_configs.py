@@ -1,43 +1,54 @@
-"""Configs saved by earlier versions (in checkpoints and exports) still
-evaluate, export and resume as the runs that wrote them trained."""
+"""A workdir written by an earlier version, its config lacking fields added
+since, still reports, exports and resumes as the run that wrote it trained."""
 
-import os
-
+import jax
 import ml_collections
 import pytest
 
-import cli_runs
-from smog_jax import checkpointing, dry_run, export
-from smog_jax.data import settings as data_settings
+import eval_fixtures
+from smog_jax import checkpointing, export, report
 
 
-def _configs():
-  """(today's `:tiny` config at 28 px crops, the same as saved before
-  `data.large_crop_size` and after `data.shuffle_buffer` existed)."""
-  config = dry_run.load_config(
-      os.path.join(cli_runs.REPO, 'configs', 'fashion_mnist.py'), 'tiny')
+@pytest.fixture(scope='module')
+def earlier_workdir(tmp_path_factory):
+  """(today's `:tiny` config at 28 px crops, a workdir whose checkpoint
+  saved it as before `data.large_crop_size` and after `data.shuffle_buffer`
+  existed, the saved state)."""
+  config = eval_fixtures.use_fixture(
+      eval_fixtures.load_config('fashion_mnist', 'tiny'),
+      str(tmp_path_factory.mktemp('data')))
   config.data.large_crop_size = config.data.image_size
   saved = config.to_dict()
   del saved['data']['large_crop_size']
   saved['data']['shuffle_buffer'] = 10_000
-  return config, saved
+  workdir = str(tmp_path_factory.mktemp('earlier'))
+  state = eval_fixtures.write_pretraining_workdir(
+      workdir, ml_collections.ConfigDict(saved), memory_bank_rows=64)
+  return config, workdir, state
 
 
-def test_an_earlier_data_config_is_brought_to_todays_fields():
-  config, saved = _configs()
-  data = ml_collections.ConfigDict(saved).data
-  data_settings.upgrade_saved(data)
+def test_its_config_is_read_with_todays_data_fields(earlier_workdir):
+  config, workdir, _ = earlier_workdir
+  run = report.load_run(workdir)
+  data = run.config.data
   assert data.large_crop_size == data.image_size == 28  # What it trained at.
   assert 'shuffle_buffer' not in data
   assert data.to_dict() == config.data.to_dict()
-  assert export.preprocessing_from_config(
-      ml_collections.ConfigDict(saved))['image_size'] == 28
+  assert run.memory_bank.shape == (2, 64, config.model.projection_dim)
+  assert export.load_backbone_info(workdir).preprocessing['image_size'] == 28
 
 
-def test_an_earlier_run_resumes_unless_the_crops_changed():
-  config, saved = _configs()
-  checkpointing.check_resumable_config(saved, config, 'DIR')
-  config.data.large_crop_size = 24
-  with pytest.raises(checkpointing.CheckpointError,
-                     match=r'data\.large_crop_size: 28 -> 24'):
-    checkpointing.check_resumable_config(saved, config, 'DIR')
+def test_it_resumes_unless_the_crops_changed(earlier_workdir):
+  config, workdir, state = earlier_workdir
+  config = config.copy_and_resolve_references()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      state)
+  with checkpointing.make_manager(workdir, async_save=False) as manager:
+    restored = checkpointing.restore_latest(manager, abstract, config)
+    assert int(restored.step) == int(state.step)
+    config.data.large_crop_size = 24
+    with pytest.raises(checkpointing.CheckpointError,
+                       match=r'data\.large_crop_size: 28 -> 24'):
+      checkpointing.restore_latest(manager, abstract, config)

@@ -66,6 +66,13 @@ def test_each_bad_value_is_named_with_its_fix(changes, devices, processes,
   assert '--config.' in message  # The fix names the flag to set.
 
 
+def test_an_optimizer_field_the_config_lacks_is_named():
+  config = _config(**{'optimizer.name': 'adamw'})  # LARS fields, no b1/b2/eps.
+  message = _error(config)
+  assert "lacks ['b1', 'b2', 'eps']" in message, message
+  assert "'adamw'" in message and 'config.optimizer' in message
+
+
 def test_main_prints_one_sentence_without_a_traceback(tmp_path):
   proc = cli_runs.run_main(
       tmp_path, '--config.smog.temperature=-1',
