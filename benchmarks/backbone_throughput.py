@@ -171,7 +171,8 @@ def main():
         stage_sizes=tuple(int(s) for s in cfg['stage_sizes'].split('-')),
         block=cfg['block'], dtype=cfg['dtype'], bn_momentum=0.9,
         projector_hidden_dim=cfg['proj'], predictor_hidden_dim=cfg['pred'],
-        projection_dim=128, head_activation='relu',
+        projection_dim=128, head_activation='relu', remat=False,
+        zero_init_residual=False, kernel_init='he_fan_out_normal',
         matmul_small_maps=bool(cfg['matmul'])))
     if cfg['heads']:
       net = models.build_network(mcfg)

@@ -40,7 +40,9 @@ _ADAMW = dict(name='adamw', start_lr=4e-5, peak_lr=1e-3, end_lr=4e-5,
 BACKBONES = {
     'resnet50': (
         dict(backbone='resnet50', width=1.0, stem='imagenet',
-             projection_dim=128, head_activation='relu', **_HEADS),
+             projection_dim=128, head_activation='relu',
+             zero_init_residual=False, kernel_init='he_fan_out_normal',
+             matmul_small_maps=True, **_HEADS),
         dict(name='lars', start_lr=0.01, peak_lr=4.8, end_lr=0.0048,
              warmup_epochs=10, weight_decay=1e-6, momentum=0.9,
              trust_coefficient=0.001, exclude_1d_from_decay=False,

@@ -42,7 +42,10 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       backbone='resnet50', width=1.0, stem='imagenet', stage_sizes=(),
       block='bottleneck', projector_hidden_dim=2048, predictor_hidden_dim=2048,
       projection_dim=128, head_activation='relu', dtype='bfloat16',
-      bn_momentum=0.9, remat=False))
+      bn_momentum=0.9, remat=False,
+      # The reference's (torchvision's) initialisation.
+      zero_init_residual=False, kernel_init='he_fan_out_normal',
+      matmul_small_maps=True))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name='lars', start_lr=0.01, peak_lr=4.8, end_lr=0.0048,

@@ -53,7 +53,8 @@ def _model(backbone: str, stem: str, width: float = 1.0, **kwargs
            ) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       backbone=backbone, width=width, stem=stem, dtype='float32',
-      bn_momentum=0.9, remat=False, **kwargs))
+      bn_momentum=0.9, remat=False, zero_init_residual=False,
+      kernel_init='he_fan_out_normal', matmul_small_maps=True, **kwargs))
 
 
 def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:

@@ -23,6 +23,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from etils import epath
 
+from smog_jax import models
 from smog_jax.data import settings as data_settings
 
 CHECKPOINT_SUBDIR = 'checkpoints'
@@ -174,6 +175,8 @@ def _restore_config(manager: ocp.CheckpointManager, step: int
   config = ml_collections.ConfigDict(saved)
   if 'data' in config:
     data_settings.upgrade_saved(config.data)
+  if 'model' in config:
+    models.upgrade_saved(config.model)
   return config
 
 

@@ -105,6 +105,7 @@ def load_backbone_info(path: str) -> LoadedBackbone:
       raise ValueError(f'{path!r}: unknown export format {desc.get("format")!r}'
                        f' (expected {EXPORT_FORMAT!r}).')
     model_config = ml_collections.ConfigDict(desc['model'])
+    models.upgrade_saved(model_config)
     module = models.build_backbone(model_config)
     abstract = _abstract_variables(module, desc['preprocessing'])
     abstract = {k: abstract[k] for k in ('params', 'batch_stats')

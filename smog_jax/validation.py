@@ -32,6 +32,10 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
   _check(opt.name in optim.OPTIMIZERS,
          f'Unknown optimizer {opt.name!r}: set --config.optimizer.name to one '
          f'of {sorted(optim.OPTIMIZERS)}.')
+  missing = [f for f in models.required_fields(model) if f not in model]
+  _check(not missing, f'config.model lacks {missing}, which backbone '
+         f'{model.backbone!r} reads: add them to config.model in the config '
+         'file.')
   missing = [f for f in optim.OPTIMIZER_FIELDS[opt.name] if f not in opt]
   _check(not missing, f'config.optimizer lacks {missing}, which optimizer '
          f'{opt.name!r} reads: add them to config.optimizer in the config '

@@ -32,12 +32,14 @@ def use_fixture(config, data_dir: str):
 
 
 def write_pretraining_workdir(workdir: str, config, step: int = 7,
-                              memory_bank_rows: int | None = None):
+                              memory_bank_rows: int | None = None,
+                              saved_config=None):
   """Saves a random SMoG TrainState of `config` as pre-training does.
 
   The BN running statistics are random too, so that a loader that dropped
   or mixed them up would change the features. `memory_bank_rows`: rows of
-  the (zero) memory bank, None for none.
+  the (zero) memory bank, None for none; `saved_config`: the config to
+  save with it (e.g. as an earlier version wrote it), None for `config`.
 
   Returns:
     The saved state (host arrays).
@@ -55,6 +57,6 @@ def write_pretraining_workdir(workdir: str, config, step: int = 7,
       jax.device_get(state.batch_stats))
   state = state.replace(step=np.asarray(step, np.int32), batch_stats=stats)
   with checkpointing.make_manager(workdir, async_save=False) as manager:
-    checkpointing.save(manager, state, config, force=True)
+    checkpointing.save(manager, state, saved_config or config, force=True)
     manager.wait_until_finished()
   return jax.device_get(state)

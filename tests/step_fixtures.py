@@ -37,13 +37,16 @@ def pixels(images: np.ndarray) -> np.ndarray:
 def tiny_config(**smog_overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(
       model=dict(backbone='resnet', stage_sizes=[1, 1], width=1 / 16,
-                 stem='cifar',
+                 stem='cifar', block='basic', dtype='float32',
+                 bn_momentum=0.9, remat=False, zero_init_residual=True,
+                 kernel_init='he_fan_out_normal', matmul_small_maps=True,
                  projector_hidden_dim=16, predictor_hidden_dim=16,
-                 projection_dim=DIM),
+                 projection_dim=DIM, head_activation='relu'),
       # Plain SGD: on a 2-stage toy network LARS's trust ratio makes the
       # loss curve of a handful of steps too noisy to test.
       optimizer=dict(name='sgd', start_lr=0.05, peak_lr=0.05, end_lr=0.05,
-                     warmup_epochs=0, weight_decay=1e-6, momentum=0.9),
+                     warmup_epochs=0, weight_decay=1e-6, momentum=0.9,
+                     exclude_1d_from_decay=False, grad_clip_norm=0.0),
       smog=dict(num_heads=NUM_HEADS, num_groups=NUM_GROUPS, temperature=0.1,
                 ema_momentum=0.9, ema_schedule='constant',
                 group_momentum_start=0.9, group_momentum_end=0.5,

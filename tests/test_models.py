@@ -17,7 +17,9 @@ def _model_config(backbone, **fields):
   cfg = dict(backbone=backbone, dtype='float32', remat=False,
              drop_path_rate=0.0, pooling='cls', base_image_size=224,
              projector_hidden_dim=16, predictor_hidden_dim=16,
-             projection_dim=fx.DIM, head_activation='gelu')
+             projection_dim=fx.DIM, head_activation='gelu', bn_momentum=0.9,
+             width=1.0, stem='imagenet', zero_init_residual=False,
+             kernel_init='he_fan_out_normal', matmul_small_maps=True)
   cfg.update(fields)
   return ml_collections.ConfigDict(cfg)
 

@@ -1,29 +1,43 @@
-"""A workdir written by an earlier version, its config lacking fields added
-since, still reports, exports and resumes as the run that wrote it trained."""
+"""A workdir (or export) written by an earlier version, its config lacking
+fields added since, still reports, exports and resumes as the run that wrote
+it trained."""
+
+import json
+import os
 
 import jax
 import ml_collections
+import numpy as np
 import pytest
 
 import eval_fixtures
 from smog_jax import checkpointing, export, report
 
 
+ADDED_MODEL_FIELDS = ('remat', 'zero_init_residual', 'kernel_init',
+                      'matmul_small_maps')
+
+
 @pytest.fixture(scope='module')
 def earlier_workdir(tmp_path_factory):
-  """(today's `:tiny` config at 28 px crops, a workdir whose checkpoint
-  saved it as before `data.large_crop_size` and after `data.shuffle_buffer`
-  existed, the saved state)."""
+  """(today's `:tiny` config as configs built then: 28 px crops, zero-
+  initialised residual BN; a workdir whose checkpoint saved it as before
+  `data.large_crop_size` and the later ResNet fields and after
+  `data.shuffle_buffer` existed; the saved state)."""
   config = eval_fixtures.use_fixture(
       eval_fixtures.load_config('fashion_mnist', 'tiny'),
       str(tmp_path_factory.mktemp('data')))
   config.data.large_crop_size = config.data.image_size
+  config.model.zero_init_residual = True
   saved = config.to_dict()
   del saved['data']['large_crop_size']
   saved['data']['shuffle_buffer'] = 10_000
+  for name in ADDED_MODEL_FIELDS:
+    del saved['model'][name]
   workdir = str(tmp_path_factory.mktemp('earlier'))
   state = eval_fixtures.write_pretraining_workdir(
-      workdir, ml_collections.ConfigDict(saved), memory_bank_rows=64)
+      workdir, config, memory_bank_rows=64,
+      saved_config=ml_collections.ConfigDict(saved))
   return config, workdir, state
 
 
@@ -34,8 +48,27 @@ def test_its_config_is_read_with_todays_data_fields(earlier_workdir):
   assert data.large_crop_size == data.image_size == 28  # What it trained at.
   assert 'shuffle_buffer' not in data
   assert data.to_dict() == config.data.to_dict()
+  flat = lambda c: checkpointing.flatten(c.to_dict())  # Tuples as JSON's lists.
+  assert flat(run.config.model) == flat(config.model)
   assert run.memory_bank.shape == (2, 64, config.model.projection_dim)
   assert export.load_backbone_info(workdir).preprocessing['image_size'] == 28
+
+
+def test_an_earlier_export_loads(earlier_workdir, tmp_path):
+  config, workdir, state = earlier_workdir
+  out = export.export_backbone(workdir, str(tmp_path / 'export'))
+  description = os.path.join(out, export.DESCRIPTION_FILE)
+  with open(description) as f:
+    desc = json.load(f)
+  for name in ADDED_MODEL_FIELDS:
+    del desc['model'][name]
+  with open(description, 'w') as f:
+    json.dump(desc, f)
+  loaded = export.load_backbone_info(out)
+  assert (checkpointing.flatten(loaded.model_config.to_dict()) ==
+          checkpointing.flatten(config.model.to_dict()))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b),
+               loaded.variables['params'], state.params['backbone'])
 
 
 def test_it_resumes_unless_the_crops_changed(earlier_workdir):

@@ -22,9 +22,15 @@
   head_activation: 'relu' (ResNet) or 'gelu' (Swin-T).
   dtype: computation dtype, 'float32' or 'bfloat16'.
   bn_momentum: decay of BN running statistics.
+  zero_init_residual: ResNet, the last BN scale of each residual block
+    starts at zero (False in the reference, torchvision's default).
+  kernel_init: ResNet convolutions, 'he_fan_out_normal' (the reference) or
+    'torch_default'.
   matmul_small_maps: ResNet, convolutions onto maps of at most 2x2 as one
-    matmul (default True; the same parameters and outputs, much faster on
-    XLA:CPU).
+    matmul (the same parameters and outputs, much faster on XLA:CPU).
+Every config sets the fields its backbone reads (`required_fields`; the
+config owns the defaults); configs saved before a field existed are brought
+to today's fields by `upgrade_saved`.
 New backbones register in `BACKBONES`: a callable `(model_config) -> module`
 whose `__call__(images, train)` returns pooled `[B, F]` features.
 """
@@ -44,15 +50,49 @@ from smog_jax.models.swin import SWIN_SIZES, SwinTransformer
 from smog_jax.models.vit import VIT_SIZES, VisionTransformer
 
 
+# The fields every model config sets, and those of each backbone family.
+HEAD_FIELDS = ('projector_hidden_dim', 'predictor_hidden_dim',
+               'projection_dim', 'head_activation', 'dtype', 'bn_momentum')
+RESNET_FIELDS = ('width', 'stem', 'remat', 'zero_init_residual',
+                 'kernel_init', 'matmul_small_maps')
+# ResNet fields added after the first version, with what the versions before
+# each built, so that their checkpoints and exports build unchanged.
+ADDED_RESNET_FIELDS = dict(remat=False, zero_init_residual=True,
+                           kernel_init='he_fan_out_normal',
+                           matmul_small_maps=True)
+
+
+def _is_resnet(cfg: ml_collections.ConfigDict) -> bool:
+  return cfg.backbone.startswith('resnet')
+
+
+def required_fields(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The fields of `cfg` (a `config.model`) that its backbone and heads
+  read beside `backbone` itself (transformers: their own, read plainly)."""
+  if not _is_resnet(cfg):
+    return HEAD_FIELDS
+  custom = ('stage_sizes', 'block') if cfg.backbone == 'resnet' else ()
+  return HEAD_FIELDS + RESNET_FIELDS + custom
+
+
+def upgrade_saved(cfg: ml_collections.ConfigDict) -> None:
+  """Brings a `config.model` saved by an earlier version to today's fields.
+
+  In place: a ResNet field added since takes the value that version built.
+  """
+  if _is_resnet(cfg):
+    with cfg.unlocked():
+      for name, used in ADDED_RESNET_FIELDS.items():
+        if name not in cfg:
+          cfg[name] = used
+
+
 def _resnet_kwargs(cfg: ml_collections.ConfigDict) -> dict:
-  # `remat` is read like the older fields: model configs saved before it
-  # existed (checkpoints, exports) build unchanged.
-  return dict(width=cfg.get('width', 1.0), stem=cfg.get('stem', 'imagenet'),
-              dtype=_dtype(cfg), bn_momentum=cfg.get('bn_momentum', 0.9),
-              remat=cfg.get('remat', False),
-              zero_init_residual=cfg.get('zero_init_residual', True),
-              kernel_init=cfg.get('kernel_init', 'he_fan_out_normal'),
-              matmul_small_maps=cfg.get('matmul_small_maps', True))
+  return dict(width=cfg.width, stem=cfg.stem, dtype=_dtype(cfg),
+              bn_momentum=cfg.bn_momentum, remat=cfg.remat,
+              zero_init_residual=cfg.zero_init_residual,
+              kernel_init=cfg.kernel_init,
+              matmul_small_maps=cfg.matmul_small_maps)
 
 
 def _resnet_factory(depth: int) -> Callable[[ml_collections.ConfigDict],
@@ -63,7 +103,7 @@ def _resnet_factory(depth: int) -> Callable[[ml_collections.ConfigDict],
 def _custom_resnet(cfg: ml_collections.ConfigDict) -> nn.Module:
   blocks = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}
   return ResNet(stage_sizes=tuple(cfg.stage_sizes),
-                block_cls=blocks[cfg.get('block', 'basic')],
+                block_cls=blocks[cfg.block],
                 **_resnet_kwargs(cfg))
 
 
@@ -104,7 +144,7 @@ _ACTIVATIONS = {'relu': nn.relu, 'gelu': nn.gelu}
 
 
 def _dtype(cfg: ml_collections.ConfigDict):
-  return jnp.dtype(cfg.get('dtype', 'float32'))
+  return jnp.dtype(cfg.dtype)
 
 
 def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
@@ -117,9 +157,8 @@ def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
 
 def build_network(cfg: ml_collections.ConfigDict) -> SMoGNetwork:
   """Backbone + projector + predictor as the spec's "Networks" section."""
-  act = _ACTIVATIONS[cfg.get('head_activation', 'relu')]
-  common = dict(activation=act, dtype=_dtype(cfg),
-                bn_momentum=cfg.get('bn_momentum', 0.9))
+  act = _ACTIVATIONS[cfg.head_activation]
+  common = dict(activation=act, dtype=_dtype(cfg), bn_momentum=cfg.bn_momentum)
   return SMoGNetwork(
       backbone=build_backbone(cfg),
       projector=MLPHead(cfg.projector_hidden_dim, cfg.projection_dim,
@@ -129,4 +168,5 @@ def build_network(cfg: ml_collections.ConfigDict) -> SMoGNetwork:
 
 
 __all__ = ['BACKBONES', 'MLPHead', 'ResNet', 'SMoGNetwork', 'SwinTransformer',
-           'VisionTransformer', 'build_backbone', 'build_network', 'resnet']
+           'VisionTransformer', 'build_backbone', 'build_network',
+           'required_fields', 'resnet', 'upgrade_saved']
