@@ -24,6 +24,14 @@ def _check(ok: bool, message: str) -> None:
     raise ConfigError(message)
 
 
+def _check_fields(section: str, node: ml_collections.ConfigDict,
+                  fields: tuple[str, ...], reader: str) -> None:
+  # Overrides cannot add a field, so the fix is in the config file.
+  missing = [f for f in fields if f not in node]
+  _check(not missing, f'config.{section} lacks {missing}, which {reader} '
+         f'reads: add them to config.{section} in the --config file.')
+
+
 def _check_choices(config: ml_collections.ConfigDict) -> None:
   model, opt, data = config.model, config.optimizer, config.data
   _check(model.backbone in models.BACKBONES,
@@ -32,14 +40,10 @@ def _check_choices(config: ml_collections.ConfigDict) -> None:
   _check(opt.name in optim.OPTIMIZERS,
          f'Unknown optimizer {opt.name!r}: set --config.optimizer.name to one '
          f'of {sorted(optim.OPTIMIZERS)}.')
-  missing = [f for f in models.required_fields(model) if f not in model]
-  _check(not missing, f'config.model lacks {missing}, which backbone '
-         f'{model.backbone!r} reads: add them to config.model in the config '
-         'file.')
-  missing = [f for f in optim.OPTIMIZER_FIELDS[opt.name] if f not in opt]
-  _check(not missing, f'config.optimizer lacks {missing}, which optimizer '
-         f'{opt.name!r} reads: add them to config.optimizer in the config '
-         'file.')
+  _check_fields('model', model, models.required_fields(model),
+                f'backbone {model.backbone!r}')
+  _check_fields('optimizer', opt, optim.OPTIMIZER_FIELDS[opt.name],
+                f'optimizer {opt.name!r}')
   _check(data.dataset in data_settings.DATASETS,
          f'Unknown dataset {data.dataset!r}: set --config.data.dataset to one '
          f'of {sorted(data_settings.DATASETS)}.')
