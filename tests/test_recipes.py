@@ -57,8 +57,9 @@ def test_recipes_compute_dtypes():
   """bfloat16 for the accelerator recipes; float32 for the CPU demo.
 
   The Fashion-MNIST demo computes in float32 (on an AVX2-only CPU the faster
-  dtype at its 24 px crops, docs/quality.md); CIFAR-10 and the tests' tiny
-  variant stay float32 (the tests compare states at float32 tolerances).
+  dtype at 24 px crops, where it was measured, docs/quality.md); CIFAR-10 and
+  the tests' tiny variant stay float32 (the tests compare states at float32
+  tolerances).
   """
   for name, variant, _ in RECIPES:
     want = 'float32' if name == 'cifar10' else 'bfloat16'
