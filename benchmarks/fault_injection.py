@@ -36,7 +36,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, 'tests', 'data', 'fashion_mnist')
 
 
-def _command(workdir: str, data_dir: str, total_steps: int) -> list[str]:
+def command_line(workdir: str, data_dir: str, total_steps: int) -> list[str]:
+  """`python -m smog_jax.main` on the `:tiny` config and the fixture."""
   return [sys.executable, '-m', 'smog_jax.main', '--config',
           os.path.join(REPO, 'configs', 'fashion_mnist.py:tiny'),
           '--workdir', workdir, f'--config.total_steps={total_steps}',
@@ -46,7 +47,8 @@ def _command(workdir: str, data_dir: str, total_steps: int) -> list[str]:
           '--config.data.download=False']
 
 
-def _env(cache: str) -> dict[str, str]:
+def environment(cache: str) -> dict[str, str]:
+  """8 fake CPU devices and a persistent compilation cache in `cache`."""
   return dict(os.environ, PYTHONPATH=REPO,
               XLA_FLAGS='--xla_force_host_platform_device_count=8',
               JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
@@ -132,10 +134,10 @@ def main() -> None:
   args = parser.parse_args()
   rng = random.Random(args.seed)
   root = tempfile.mkdtemp(prefix='smog_soak_')
-  data_dir, env = os.path.join(root, 'tfds'), _env(os.path.join(root, 'xla'))
+  data_dir, env = os.path.join(root, 'tfds'), environment(os.path.join(root, 'xla'))
   log = open(os.path.join(root, 'runs.log'), 'ab')
   reference, killed = (os.path.join(root, n) for n in ('reference', 'killed'))
-  command = lambda w: _command(w, data_dir, args.total_steps)
+  command = lambda w: command_line(w, data_dir, args.total_steps)
   subprocess.run(command(reference), env=env, stdout=log,
                  stderr=subprocess.STDOUT, check=True)
 

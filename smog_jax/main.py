@@ -140,21 +140,8 @@ def main(argv: Sequence[str]) -> None:
   except jax.errors.JaxRuntimeError as e:
     if jax.process_count() == 1:
       raise
-    _exit_lost_process(e)
+    distributed.exit_lost_process(str(e).splitlines()[0])
   logging.info('Done.')
-
-
-def _exit_lost_process(error: Exception) -> None:
-  """Exits at once when another process of the run is gone."""
-  cause = str(error).splitlines()[0]
-  sys.stderr.write(
-      f'smog_jax.main: process {jax.process_index()} lost contact with '
-      f'another process of the run ({cause}); restart every process with the '
-      'same command: the run resumes from its last checkpoint.\n')
-  sys.stderr.flush()
-  # Not sys.exit: JAX's exit hook would wait at a shutdown barrier for the
-  # lost process, then abort.
-  os._exit(1)  # pylint: disable=protected-access
 
 
 if __name__ == '__main__':

@@ -83,8 +83,10 @@ def _check_sizes(config: ml_collections.ConfigDict, num_devices: int,
          'processes: set --config.batch_size to a multiple of '
          f'{num_processes}.')
   _check(batch <= num_examples,
-         f'batch_size={batch} exceeds the {num_examples} training examples: '
-         'lower --config.batch_size (or raise --config.data.train_slice).')
+         f'batch_size={batch} exceeds the {num_examples} training examples '
+         f'of {data.dataset} (config.data.data_dir={data.data_dir!r}): '
+         'lower --config.batch_size, raise --config.data.train_slice, or '
+         'point --config.data.data_dir at a complete copy.')
   regroups = config.smog.regroups_per_epoch
   steps = indices.steps_per_epoch(num_examples, batch)
   _check(1 <= regroups <= steps,

@@ -84,7 +84,7 @@ def _run_main(tmp_path, **env_overrides):
   proc = cli_runs.run_main(
       tmp_path, '--config.smog.temperature=-1',
       f'--config.data.fashion_mnist_idx_dir={cli_runs.FIXTURE}',
-      **env_overrides)
+      restart=True, **env_overrides)
   assert proc.returncode == 1, proc.stderr[-2000:]
   return proc.stderr
 

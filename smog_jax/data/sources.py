@@ -139,6 +139,13 @@ def read_idx(path: str) -> np.ndarray:
   return data.reshape(dims)
 
 
+def idx_count(path: str) -> int:
+  """The number of items of an IDX file, from its header alone."""
+  opener = gzip.open if path.endswith('.gz') else open
+  with opener(path, 'rb') as f:
+    return int.from_bytes(f.read(8)[4:], 'big')
+
+
 def idx_files_available(idx_dir: str) -> bool:
   """Whether all four Fashion-MNIST IDX files are in `idx_dir`."""
   return all(_find_idx(idx_dir, stem) for pair in _IDX_FILES.values()
@@ -199,6 +206,24 @@ def build_fashion_mnist_from_idx(idx_dir: str, data_dir: str | None) -> str:
 # A prepared builder.
 
 
+def _check_same_as_idx(builder, idx_dir: str) -> None:
+  """Refuses a prepared fashion_mnist whose splits the IDX files contradict.
+
+  A copy built from other files (e.g. a 64-image test fixture) under the
+  same name would otherwise be trained on silently.
+  """
+  for split, (images_stem, _) in _IDX_FILES.items():
+    want = idx_count(_find_idx(idx_dir, images_stem))
+    have = builder.info.splits[split].num_examples
+    if have != want:
+      raise DataNotFoundError(
+          f'The prepared fashion_mnist in {builder.data_dir} holds {have} '
+          f'{split} images but the IDX files in {idx_dir} hold {want}: '
+          'delete that folder (it is rebuilt from the IDX files) or set '
+          'config.data.data_dir to another folder.')
+
+
+
 @dataclasses.dataclass(frozen=True)
 class Location:
   """Which prepared copy is read, and how a missing one is made."""
@@ -240,10 +265,14 @@ def get_builder(settings: DataSettings | Location):
   """
   tfds = _tfds()
   builder = tfds.builder(settings.dataset, data_dir=settings.data_dir)
+  idx_dir = settings.fashion_mnist_idx_dir
+  from_idx = (settings.dataset == 'fashion_mnist' and
+              idx_files_available(idx_dir))
   if builder.is_prepared():
+    if from_idx:
+      _check_same_as_idx(builder, idx_dir)
     return builder
-  if (settings.dataset == 'fashion_mnist' and
-      idx_files_available(settings.fashion_mnist_idx_dir)):
+  if from_idx:
     build_fashion_mnist_from_idx(settings.fashion_mnist_idx_dir,
                                  settings.data_dir)
     return tfds.builder(settings.dataset, data_dir=settings.data_dir)
