@@ -21,9 +21,9 @@ Single-channel images get brightness and contrast only (saturation, hue and
 grayscale are undefined without colour).
 
 Every random number of a crop comes from its own key, folded from
-(seed, stream, epoch, example index, pipeline, crop), so a crop's pixels depend
-on nothing else in the batch: not on the batch size, the device count or the
-process count.
+(seed, stream, epoch, example index, pipeline, crop) by smog_jax.random_streams,
+so a crop's pixels depend on nothing else in the batch: not on the batch size,
+the device count or the process count.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ import math
 import jax
 import jax.numpy as jnp
 
+from smog_jax import random_streams
+from smog_jax.random_streams import Stream
+
 # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-
-# Random streams: the same example gets independent randomness in each use.
-STREAM_TRAIN, STREAM_BANK = 0, 1
 
 # Layout of a crop's uniform draws.
 _JITTER, _FACTORS, _ORDER, _GREY, _BLUR, _SIGMA, _SOLARIZE = (
@@ -88,18 +88,14 @@ class AugmentSpec:
   seed: int
 
 
-def crop_keys(spec: AugmentSpec, stream: int, epoch: jax.Array,
+def crop_keys(spec: AugmentSpec, stream: Stream, epoch: jax.Array,
               index: jax.Array, pipeline: jax.Array, crops: jax.Array
               ) -> jax.Array:
   """`[B, n]` keys of crops `crops [n]` of examples `index [B]` in `epoch [B]`."""
-  base = jax.random.fold_in(jax.random.key(spec.seed), stream)
-
-  def example_keys(e, i):
-    key = jax.random.fold_in(jax.random.fold_in(base, e), i)
-    key = jax.random.fold_in(key, pipeline)
-    return jax.vmap(lambda c: jax.random.fold_in(key, c))(crops)
-
-  return jax.vmap(example_keys)(epoch, index)
+  one = lambda e, i, c: random_streams.crop_key(spec.seed, stream, e, i,
+                                                pipeline, c)
+  return jax.vmap(lambda e, i: jax.vmap(lambda c: one(e, i, c))(crops))(
+      epoch, index)
 
 
 def to_unit_float(image: jax.Array, channels: int) -> jax.Array:
@@ -256,7 +252,7 @@ def augment_crop(image: jax.Array, key: jax.Array, params: dict[str, jax.Array],
   return normalise(x, spec)
 
 
-def augment_views(images: jax.Array, spec: AugmentSpec, *, stream: int,
+def augment_views(images: jax.Array, spec: AugmentSpec, *, stream: Stream,
                   epoch: jax.Array, index: jax.Array, pipeline: jax.Array,
                   first_crop: int = 0) -> jax.Array:
   """Augments uint8 views `[B, n, S, S, C_src]` of one pipeline.
@@ -264,7 +260,7 @@ def augment_views(images: jax.Array, spec: AugmentSpec, *, stream: int,
   Args:
     images: the host's crops, uint8.
     spec: the augmentation settings.
-    stream: `STREAM_TRAIN` or `STREAM_BANK`.
+    stream: `Stream.TRAIN` or `Stream.BANK`.
     epoch: `[B]` epoch of each example.
     index: `[B]` example index in the training split.
     pipeline: 0 (A) or 1 (B), a scalar (may be traced).
@@ -289,7 +285,7 @@ def train_views(batch: dict[str, jax.Array], step: jax.Array,
   """
   online = jnp.mod(step, 2)
   views = dict(epoch=batch['epoch'], index=batch['index'],
-               stream=STREAM_TRAIN)
+               stream=Stream.TRAIN)
   num_large = batch['online_large'].shape[1]
   out = {
       'online_large': augment_views(batch['online_large'], spec,

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 from smog_jax import augment
 from smog_jax import grouping
+from smog_jax import random_streams
 from smog_jax import sharding as sharding_lib
 from smog_jax.models.heads import SMoGNetwork
 from smog_jax.train_state import TrainState, state_sharding, target_copy
@@ -57,7 +58,7 @@ def fill_bank_step(state: TrainState, batch: dict[str, jax.Array], *,
   """
   index = batch['index']
   images = augment.augment_views(
-      batch['large'], spec, stream=augment.STREAM_BANK,
+      batch['large'], spec, stream=random_streams.Stream.BANK,
       epoch=jnp.zeros_like(index), index=index, pipeline=0)
   num_crops = images.shape[1]
   out, _ = network.apply(
@@ -81,18 +82,18 @@ def regroup(state: TrainState, regrouping: jax.Array, *, num_iters: int,
 
   Head h clusters bank `(h + regrouping) mod n_large`: the banks alternate
   between heads and between regroupings. The k-means key is
-  `fold_in(rng, regrouping, h)`, so a resumed run regroups exactly as an
-  uninterrupted one.
+  `random_streams.regroup_key(rng, regrouping, h)`, so a resumed run regroups
+  exactly as an uninterrupted one.
   """
   num_heads, num_groups, _ = state.centroids.shape
   num_banks = state.memory_bank.shape[0]
-  regrouping_key = jax.random.fold_in(state.rng, regrouping)
   centroids = []
   for h in range(num_heads):
     bank = jax.lax.dynamic_index_in_dim(
         state.memory_bank, (h + regrouping) % num_banks, 0, keepdims=False)
     centroids.append(grouping.kmeans(bank, num_groups, num_iters,
-                                     jax.random.fold_in(regrouping_key, h),
+                                     random_streams.regroup_key(
+                                         state.rng, regrouping, h),
                                      num_valid=num_examples))
   return state.replace(
       centroids=jnp.stack(centroids),

@@ -24,6 +24,7 @@ from jax.sharding import Mesh
 
 from smog_jax import augment
 from smog_jax import grouping
+from smog_jax import random_streams
 from smog_jax import sharding as sharding_lib
 from smog_jax.models.heads import SMoGNetwork
 from smog_jax.models.transformer import DROPOUT_RNG
@@ -32,10 +33,6 @@ from smog_jax.train_state import TrainState, state_sharding, target_subtree
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-
-# Folded into the state's rng for the step's drop-path key, apart from the
-# regrouping keys (which fold in the epoch, then the head).
-_DROPOUT_STREAM = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +128,8 @@ def train_step(
 
   # Stochastic depth (ViT, Swin) runs on the online network only: its applies
   # get a 'dropout' rng, the target's above none (drop path 0 on the target).
-  dropout_key = jax.random.fold_in(
-      jax.random.fold_in(state.rng, _DROPOUT_STREAM), step)
+  dropout = lambda resolution: {
+      DROPOUT_RNG: random_streams.dropout_key(state.rng, step, resolution)}
 
   def loss_fn(params):
     # Online branch. BatchNorm normalises each resolution over its own crops
@@ -143,15 +140,13 @@ def train_step(
     large_out, online_vars = network.apply(
         {'params': params, 'batch_stats': state.batch_stats},
         _merge_crops(views['online_large']), train=True,
-        mutable=['batch_stats'],
-        rngs={DROPOUT_RNG: jax.random.fold_in(dropout_key, 0)})
+        mutable=['batch_stats'], rngs=dropout(0))
     predictions = [_split_crops(large_out['prediction'], num_large)]
     if num_small:
       small_out, _ = network.apply(
           {'params': params, 'batch_stats': state.batch_stats},
           _merge_crops(views['online_small']), train=True,
-          mutable=['batch_stats'],
-          rngs={DROPOUT_RNG: jax.random.fold_in(dropout_key, 1)})
+          mutable=['batch_stats'], rngs=dropout(1))
       predictions.append(_split_crops(small_out['prediction'], num_small))
     p = grouping.l2_normalize(jnp.concatenate(predictions, axis=0))  # [V,B,D]
     z_large = grouping.l2_normalize(

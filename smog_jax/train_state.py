@@ -36,7 +36,8 @@ class TrainState:
     target_batch_stats: target BN running statistics.
     opt_state: optimiser state of the online parameters.
     centroids: `[H, K, D]` unit-norm group features, one set per head.
-    rng: base PRNG key; a step uses `fold_in(rng, step)`.
+    rng: base PRNG key of the dropout and k-means keys
+      (`random_streams.dropout_key`, `regroup_key`).
     memory_bank: `[n_large, N_pad, D]` online projections of the large crops
       of every training example (row = example index; rows from N on pad the
       bank to a multiple of the device count), or None before the

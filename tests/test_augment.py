@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from smog_jax import augment
+from smog_jax.random_streams import Stream
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'data', 'fashion_mnist')
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -166,12 +167,12 @@ def test_augment_views_match_numpy_crop_by_crop(channels):
   epoch, index = np.array([0, 1, 4]), np.array([7, 3, 9])
   for pipeline in (0, 1):
     out = np.asarray(augment.augment_views(
-        jnp.asarray(images), spec, stream=augment.STREAM_TRAIN,
+        jnp.asarray(images), spec, stream=Stream.TRAIN,
         epoch=jnp.asarray(epoch), index=jnp.asarray(index),
         pipeline=jnp.int32(pipeline), first_crop=2))
     for e in range(3):
       for c in range(2):
-        draws = _draws(spec, 0, epoch[e], index[e], pipeline, 2 + c)
+        draws = _draws(spec, Stream.TRAIN, epoch[e], index[e], pipeline, 2 + c)
         expected = _np_augment(images[e, c], draws, spec.pipelines[pipeline],
                                spec)
         np.testing.assert_allclose(out[e, c], expected, atol=1e-4)
@@ -183,7 +184,7 @@ def test_a_crop_depends_only_on_its_key_not_on_the_batch():
   images = jnp.asarray(_colour_images(n=6, size=10)[:, None])
   index = jnp.arange(6) + 10
   views = lambda im, idx: np.asarray(augment.augment_views(
-      im, spec, stream=augment.STREAM_TRAIN, epoch=jnp.zeros_like(idx),
+      im, spec, stream=Stream.TRAIN, epoch=jnp.zeros_like(idx),
       index=idx, pipeline=jnp.int32(0)))
   whole = views(images, index)
   # Equal up to float32 rounding: batched matmuls may tile differently.

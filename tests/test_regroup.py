@@ -6,6 +6,7 @@ import numpy as np
 
 import step_fixtures as fx
 from smog_jax import augment, memory_bank, sharding
+from smog_jax.random_streams import Stream
 from smog_jax.train_state import state_sharding
 
 def _np(tree):
@@ -79,7 +80,7 @@ def test_bank_fill_writes_real_rows_drops_padding_keeps_statistics():
   # Expected: train-mode projections of the bank stream's augmented views,
   # computed on the whole batch (BN statistics over all 16 rows).
   views = augment.augment_views(
-      jnp.asarray(batch['large']), fx.REFERENCE, stream=augment.STREAM_BANK,
+      jnp.asarray(batch['large']), fx.REFERENCE, stream=Stream.BANK,
       epoch=jnp.zeros(16, jnp.int32), index=jnp.asarray(batch['index']),
       pipeline=0)
   out, _ = network.apply(

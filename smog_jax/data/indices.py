@@ -12,13 +12,14 @@ from typing import Iterator
 
 import numpy as np
 
-from smog_jax.augment import STREAM_TRAIN
+from smog_jax import random_streams
+from smog_jax.random_streams import Stream
 
 
-def epoch_permutation(seed: int, stream: int, epoch: int, n: int
+def epoch_permutation(seed: int, stream: Stream, epoch: int, n: int
                       ) -> np.ndarray:
   """The example order of `epoch`: a permutation of `range(n)`."""
-  return np.random.default_rng([seed, stream, epoch]).permutation(n)
+  return random_streams.numpy_rng(seed, stream, epoch).permutation(n)
 
 
 _cached_permutation = functools.lru_cache(maxsize=2)(epoch_permutation)
@@ -46,7 +47,7 @@ def train_indices(seed: int, num_examples: int, batch_size: int,
                      'training examples: lower --config.batch_size.')
   for step in range(start_step, stop_step):
     epoch, position = divmod(step, per_epoch)
-    order = _cached_permutation(seed, STREAM_TRAIN, epoch, num_examples)
+    order = _cached_permutation(seed, Stream.TRAIN, epoch, num_examples)
     first = position * batch_size
     yield step, epoch, order[first + row_start:first + row_stop]
 

@@ -3,11 +3,12 @@
 Which examples form a batch is decided in NumPy (`indices`), and each
 process reads its rows' examples in one `DataSource.read` call per batch.
 Every crop window and flip is drawn by a stateless TF op seeded from
-`(seed, stream, epoch, example index, pipeline, crop id)`, so nothing
-depends on the number of processes, on thread scheduling, or on where a
-run restarted. Everything that changes pixel values (colour, blur,
-solarize, channel conversion, normalisation) runs on the device
-(smog_jax.augment); training and evaluation crops leave here as uint8.
+`(seed, stream, epoch, example index, pipeline)`, one row of draws per crop
+id (smog_jax.random_streams), so nothing depends on the number of processes,
+on thread scheduling, or on where a run restarted. Everything that changes
+pixel values (colour, blur, solarize, channel conversion, normalisation) runs
+on the device (smog_jax.augment); training and evaluation crops leave here as
+uint8.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from typing import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from smog_jax import random_streams
 from smog_jax import sharding
-from smog_jax.augment import STREAM_BANK, STREAM_TRAIN
 from smog_jax.data import crops
 from smog_jax.data import indices
 from smog_jax.data.settings import DataSettings
 from smog_jax.data.sources import DataSource
+from smog_jax.random_streams import Stream
 
-STREAM_LINEAR = 2  # The linear probe's crops (see smog_jax.augment).
 EVAL_MODES = ('test', 'linear_train')
 
 
@@ -38,14 +39,9 @@ def hide_accelerators_from_tf() -> None:
     pass  # TF already initialised its devices (a second pipeline).
 
 
-def _fold(seed, value):
-  return tf.random.experimental.stateless_fold_in(seed,
-                                                  tf.cast(value, tf.int64))
-
-
-def example_key(seed: int, stream: int, epoch, index):
+def example_key(seed: int, stream: Stream, epoch, index):
   """int64 `[2]` seed of one example in one epoch and stream."""
-  return _fold(_fold(tf.constant([seed, stream], tf.int64), epoch), index)
+  return random_streams.tf_seed(seed, stream, epoch, index)
 
 
 def view_draws(key, n_crops: int):
@@ -54,7 +50,8 @@ def view_draws(key, n_crops: int):
   Row `[p, j]`, crop `j` of pipeline `p`, is drawn from `fold_in(key, p)`.
   """
   return tf.stack([tf.random.stateless_uniform(
-      [n_crops, crops.DRAWS_PER_VIEW], seed=_fold(key, p)) for p in range(2)])
+      [n_crops, crops.DRAWS_PER_VIEW], seed=random_streams.tf_fold(key, p))
+      for p in range(2)])
 
 
 def _windows(settings: DataSettings, draws, shape, scale):
@@ -152,7 +149,7 @@ def train_example(settings: DataSettings, source: DataSource) -> Callable:
   n_large = settings.num_large_crops
 
   def example(step, epoch, index, image, label):
-    key = example_key(settings.seed, STREAM_TRAIN, epoch, index)
+    key = example_key(settings.seed, Stream.TRAIN, epoch, index)
     draws = view_draws(key, n_large + settings.num_small_crops)
     online = tf.cast(step % 2, tf.int32)  # Even steps: online = A (0).
     online_draws = tf.gather(draws, online)
@@ -218,7 +215,7 @@ def build_bank_fill_dataset(settings: DataSettings, source: DataSource,
   hide_accelerators_from_tf()
 
   def per_example(read, image):
-    key = example_key(settings.seed, STREAM_BANK, 0, read)
+    key = example_key(settings.seed, Stream.BANK, 0, read)
     draws = view_draws(key, settings.num_large_crops)[0]
     return dict(large=crop_views(settings, _decode(source, image), draws,
                                  settings.large_crop_size,
@@ -246,10 +243,10 @@ def build_eval_dataset(settings: DataSettings, source: DataSource, mode: str,
   hide_accelerators_from_tf()
   n = len(source)
   order = (np.arange(n) if mode == 'test' else
-           indices.epoch_permutation(settings.seed, STREAM_LINEAR, epoch, n))
+           indices.epoch_permutation(settings.seed, Stream.LINEAR, epoch, n))
 
   def per_example(read, image):
-    key = example_key(settings.seed, STREAM_LINEAR, epoch, read)
+    key = example_key(settings.seed, Stream.LINEAR, epoch, read)
     return dict(image=_eval_image(settings, source, image, key, mode))
 
   return _padded_dataset(source, order, settings.eval_batch_size, row_start,

@@ -26,6 +26,7 @@ import optax
 from jax.sharding import Mesh
 
 from smog_jax import augment
+from smog_jax import random_streams
 from smog_jax.evaluation import features as features_lib
 
 
@@ -252,7 +253,8 @@ def fit_linear(train_features: np.ndarray, train_labels: np.ndarray,
 
   def epoch_batches(epoch):
     # Same order on every host: a function of (seed, epoch) only.
-    order = np.random.default_rng([config.seed, epoch]).permutation(num)
+    order = random_streams.feature_order_rng(config.seed,
+                                             epoch).permutation(num)
     return features_lib.array_batches(arrays, order, batch_size, mesh)
 
   return train_probe(state, tx, schedule, epoch_batches, config.epochs, mesh,
