@@ -50,7 +50,7 @@ def main():
         os.environ.get('XLA_FLAGS', '') +
         f' --xla_force_host_platform_device_count={args.devices}')
   import jax  # pylint: disable=g-import-not-at-top
-  from smog_jax import dry_run, sharding  # pylint: disable=g-import-not-at-top
+  from smog_jax import dry_run, recipes, sharding  # pylint: disable=g-import-not-at-top
 
   mesh = sharding.make_mesh(jax.devices()[:args.devices])
   gib = 2.0**-30
@@ -64,7 +64,7 @@ def main():
     for per_device in (int(b) for b in args.batches.split(',')):
       for remat in (bool(int(r)) for r in args.remat.split(',')):
         name, variant = RECIPES[model]
-        config = dry_run.load_config(os.path.join(CONFIGS, f'{name}.py'),
+        config = recipes.load_config(os.path.join(CONFIGS, f'{name}.py'),
                                      variant)
         config.batch_size = per_device * mesh.size
         config.model.dtype = args.dtype

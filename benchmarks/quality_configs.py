@@ -9,13 +9,13 @@ the command line, so the experiments that change them are named here:
 
 import os
 
-from smog_jax import dry_run
+from smog_jax import recipes
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(name: str, variant: str):
-  return dry_run.load_config(os.path.join(_ROOT, 'configs', f'{name}.py'),
+  return recipes.load_config(os.path.join(_ROOT, 'configs', f'{name}.py'),
                              variant)
 
 

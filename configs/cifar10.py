@@ -10,27 +10,16 @@ Variant `:short` (100 epochs) for quick comparisons.
 
 import ml_collections
 
-from smog_jax.data import default_data_config
+from smog_jax import recipes
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   """The CIFAR-10 config; `variant` in {'', 'short'}."""
-  config = ml_collections.ConfigDict()
-  config.seed = 0
+  config = recipes.pretraining_config('cifar10')
   config.batch_size = 512
   config.num_epochs = 800
-  config.total_steps = -1
   config.log_every_steps = 50
-  config.checkpoint_every_steps = 1000
-  config.keep_checkpoints = 3
-  # Resuming a workdir with a changed total_steps / num_epochs / knn_k /
-  # knn_temperature needs True; other changes are refused (checkpointing.py).
-  config.allow_config_change = False
   config.knn_every_epochs = 20
-  config.knn_k = 20
-  config.knn_temperature = 0.07
-
-  config.data = default_data_config('cifar10')
 
   config.model = ml_collections.ConfigDict(dict(
       backbone='resnet18', width=1.0, stem='cifar', stage_sizes=(),
@@ -47,11 +36,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       momentum=0.9, trust_coefficient=0.001, exclude_1d_from_decay=False,
       grad_clip_norm=0.0))
 
-  config.smog = ml_collections.ConfigDict(dict(
-      num_heads=3, num_groups=300, temperature=0.1,
-      group_momentum_start=1.0, group_momentum_end=0.99,
-      ema_momentum=0.999, ema_schedule='constant',
-      kmeans_iters=10, regroups_per_epoch=1, centroid_gradient=False))
+  config.smog.num_groups = 300
 
   if variant == 'short':
     config.num_epochs = 100

@@ -20,30 +20,17 @@ Variants (`--config configs/fashion_mnist.py:VARIANT`):
 
 import ml_collections
 
-from smog_jax.data import default_data_config
+from smog_jax import recipes
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   """The Fashion-MNIST config; `variant` in {'', 'tiny'}."""
-  config = ml_collections.ConfigDict()
-  config.seed = 0
+  config = recipes.pretraining_config('fashion_mnist')
   config.batch_size = 256
   config.num_epochs = 20
-  # > 0 overrides the epoch-based length (--config.total_steps=N).
-  config.total_steps = -1
   config.log_every_steps = 20
   config.checkpoint_every_steps = 200
-  config.keep_checkpoints = 3
-  # Resuming a workdir with a changed total_steps / num_epochs / knn_k /
-  # knn_temperature needs True; other changes are refused (checkpointing.py).
-  config.allow_config_change = False
-  # Online weighted kNN monitor on the test split every N epochs (0 = only at
-  # the end; -1 = never).
   config.knn_every_epochs = 0
-  config.knn_k = 20
-  config.knn_temperature = 0.07
-
-  config.data = default_data_config('fashion_mnist')
   # At equal steps the 4 x 14 px crops (scale 0.05-0.2 of a 28 px image) add
   # nothing measurable (docs/quality.md) and cost ~a third of each step.
   config.data.num_small_crops = 0
@@ -76,11 +63,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       weight_decay=1e-6, momentum=0.9, trust_coefficient=0.001,
       exclude_1d_from_decay=False, grad_clip_norm=0.0))
 
-  config.smog = ml_collections.ConfigDict(dict(
-      num_heads=3, num_groups=256, temperature=0.1,
-      group_momentum_start=1.0, group_momentum_end=0.99,
-      ema_momentum=0.99, ema_schedule='constant',
-      kmeans_iters=10, regroups_per_epoch=1, centroid_gradient=False))
+  config.smog.update(dict(num_groups=256, ema_momentum=0.99))
 
   if variant == 'tiny':
     config.batch_size = 16

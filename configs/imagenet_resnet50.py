@@ -16,27 +16,13 @@ Expected linear top-1 (the paper, reference code): 76.6 % (ResNet-50),
 
 import ml_collections
 
-from smog_jax.data import default_data_config
+from smog_jax import recipes
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   """The ImageNet ResNet-50 config; `variant` in {'', 'w2'}."""
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.batch_size = 4096
-  config.num_epochs = 400
-  config.total_steps = -1
-  config.log_every_steps = 100
-  config.checkpoint_every_steps = 1000
-  config.keep_checkpoints = 3
-  # Resuming a workdir with a changed total_steps / num_epochs / knn_k /
-  # knn_temperature needs True; other changes are refused (checkpointing.py).
-  config.allow_config_change = False
-  config.knn_every_epochs = 50
-  config.knn_k = 20
-  config.knn_temperature = 0.07
-
-  config.data = default_data_config('imagenet2012')
+  # The reference's batch, length and grouping: the shared defaults.
+  config = recipes.pretraining_config('imagenet2012')
 
   config.model = ml_collections.ConfigDict(dict(
       backbone='resnet50', width=1.0, stem='imagenet', stage_sizes=(),
@@ -52,12 +38,6 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       warmup_epochs=10, weight_decay=1e-6, momentum=0.9,
       trust_coefficient=0.001, exclude_1d_from_decay=False,
       grad_clip_norm=0.0))
-
-  config.smog = ml_collections.ConfigDict(dict(
-      num_heads=3, num_groups=3000, temperature=0.1,
-      group_momentum_start=1.0, group_momentum_end=0.99,
-      ema_momentum=0.999, ema_schedule='constant',
-      kmeans_iters=10, regroups_per_epoch=1, centroid_gradient=False))
 
   if variant == 'w2':
     config.model.width = 2.0

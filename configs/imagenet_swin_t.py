@@ -17,24 +17,13 @@ project.
 
 import ml_collections
 
-from smog_jax.data import default_data_config
+from smog_jax import recipes
 
 
 def get_config() -> ml_collections.ConfigDict:
   """The ImageNet Swin-T config."""
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.batch_size = 4096
-  config.num_epochs = 400
-  config.total_steps = -1
-  config.log_every_steps = 100
-  config.checkpoint_every_steps = 1000
-  config.keep_checkpoints = 3
-  config.knn_every_epochs = 50
-  config.knn_k = 20
-  config.knn_temperature = 0.07
-
-  config.data = default_data_config('imagenet2012')
+  # The reference's batch, length and grouping: the shared defaults.
+  config = recipes.pretraining_config('imagenet2012')
 
   config.model = ml_collections.ConfigDict(dict(
       backbone='swin_t', drop_path_rate=0.2, projector_hidden_dim=2048,
@@ -46,9 +35,4 @@ def get_config() -> ml_collections.ConfigDict:
       warmup_epochs=10, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
       exclude_1d_from_decay=True, grad_clip_norm=3.0))
 
-  config.smog = ml_collections.ConfigDict(dict(
-      num_heads=3, num_groups=3000, temperature=0.1,
-      group_momentum_start=1.0, group_momentum_end=0.99,
-      ema_momentum=0.999, ema_schedule='constant',
-      kmeans_iters=10, regroups_per_epoch=1, centroid_gradient=False))
   return config

@@ -19,7 +19,7 @@ import os
 
 import ml_collections
 
-from smog_jax import dry_run
+from smog_jax import recipes
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
@@ -27,7 +27,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   if variant not in ('', 'b16'):
     raise ValueError(f"Unknown variant {variant!r} of imagenet_vit_s16.py; "
                      "use '' or 'b16'.")
-  config = dry_run.load_config(
+  config = recipes.load_config(
       os.path.join(os.path.dirname(os.path.abspath(__file__)),
                    'imagenet_swin_t.py'))
   config.model = ml_collections.ConfigDict(dict(

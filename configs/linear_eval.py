@@ -35,7 +35,7 @@ import os
 
 import ml_collections
 
-from smog_jax import dry_run
+from smog_jax import recipes
 from smog_jax.data import default_data_config
 
 _TRANSFORMERS = {
@@ -104,7 +104,7 @@ def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:
     # features. 'linear' stays available with a milder crop.
     c.mode = 'fast'
     c.data.linear_scale = (0.8, 1.0)
-    c.model = dry_run.load_config(
+    c.model = recipes.load_config(
         os.path.join(os.path.dirname(os.path.abspath(__file__)),
                      'fashion_mnist.py'), '').model
     c.linear.epochs = 30

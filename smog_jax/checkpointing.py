@@ -24,20 +24,10 @@ from jax.experimental import multihost_utils
 from etils import epath
 
 from smog_jax import models
+from smog_jax import recipes
 from smog_jax.data import settings as data_settings
 
 CHECKPOINT_SUBDIR = 'checkpoints'
-# Config fields that never change what a run computes: a resumed run may
-# always change them.
-OPERATIONAL_FIELDS = frozenset({
-    'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-    'knn_every_epochs', 'allow_config_change', 'data.data_dir',
-    'data.fashion_mnist_idx_dir', 'data.download', 'data.prefetch',
-    'data.eval_batch_size'})
-# Fields a resumed run may change with --config.allow_config_change=True
-# (they change the schedules or the monitor, not the state's layout).
-CHANGEABLE_FIELDS = frozenset({'total_steps', 'num_epochs', 'knn_k',
-                               'knn_temperature'})
 
 
 class CheckpointError(RuntimeError):
@@ -56,19 +46,24 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def make_manager(workdir: str, max_to_keep: int = 3,
-                 async_save: bool = True) -> ocp.CheckpointManager:
-  """A CheckpointManager for `state` + `config` under `WORKDIR/checkpoints`."""
+                 async_save: bool = True,
+                 item_names: tuple[str, ...] = ('state', 'config')
+                 ) -> ocp.CheckpointManager:
+  """The CheckpointManager of `item_names` under `WORKDIR/checkpoints`."""
   # cleanup_tmp_directories: a kill during an asynchronous write leaves its
   # temporary folder behind; the next run removes it.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True,
       enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
   manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                                  item_names=('state', 'config'))
+                                  item_names=item_names)
   # That removal runs in a thread, which orbax (the pinned 0.12.8) awaits only
   # before a save: a run that stops first (a refused config) would exit under
-  # it, and the interpreter's shutdown breaks it with a traceback.
-  manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=W0212
+  # it, and the interpreter's shutdown breaks it with a traceback. Orbax has
+  # no public way to await it; a version without this method is not waited.
+  await_cleanup = getattr(manager, '_maybe_await_cleanup_tmp_directory', None)
+  if await_cleanup is not None:
+    await_cleanup()
   return manager
 
 
@@ -99,14 +94,16 @@ def check_resumable_config(saved: Mapping[str, Any],
                            directory: str) -> None:
   """Raises `CheckpointError` if `config` may not resume a `saved` run.
 
-  Operational fields may always differ; `CHANGEABLE_FIELDS` only with
-  `config.allow_config_change`; every other difference is refused.
+  `recipes.OPERATIONAL_FIELDS` may always differ, `recipes.CHANGEABLE_FIELDS`
+  only with `config.allow_config_change`; every other difference is refused.
   """
   old, new = flatten(saved), flatten(config.to_dict())
+  changeable, operational = (recipes.CHANGEABLE_FIELDS,
+                             recipes.OPERATIONAL_FIELDS)
   differing = sorted(k for k in old.keys() | new.keys()
-                     if k not in OPERATIONAL_FIELDS and old.get(k) != new.get(k))
+                     if k not in operational and old.get(k) != new.get(k))
   refused = [k for k in differing
-             if k not in CHANGEABLE_FIELDS or not config.allow_config_change]
+             if k not in changeable or not config.allow_config_change]
   if not refused:
     for key in differing:
       logging.warning('Resuming with config.%s changed: %r -> %r.', key,
@@ -115,7 +112,7 @@ def check_resumable_config(saved: Mapping[str, Any],
   changes = '; '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}'
                       for k in refused)
   hint = (' (these may change with --config.allow_config_change=True)'
-          if set(refused) <= CHANGEABLE_FIELDS else
+          if set(refused) <= changeable else
           '; use a new --workdir for a different run')
   raise CheckpointError(f'The checkpoints in {directory} were written with '
                         f'another config ({changes}){hint}.')
@@ -193,7 +190,10 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:
-  """`ShapeDtypeStruct`s of `state` carrying the target `shardings`."""
+  """`ShapeDtypeStruct`s of `state` carrying the target `shardings` (a
+  pytree like `state`, or one sharding for every leaf)."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, state)
   return jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       state, shardings)

@@ -8,9 +8,6 @@ read from XLA's memory analysis, on any mesh, e.g. 8 fake CPU devices.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,18 +17,6 @@ from smog_jax import memory_bank
 from smog_jax import sharding as sharding_lib
 from smog_jax import train
 from smog_jax import trainer
-from smog_jax.data import indices
-
-
-def load_config(path: str, variant: str | None = None
-                ) -> ml_collections.ConfigDict:
-  """`get_config(variant)` of the config file at `path` (None: no argument)."""
-  name = os.path.splitext(os.path.basename(path))[0]
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config() if variant is None else module.get_config(
-      variant)
 
 
 def abstract_batches(config: ml_collections.ConfigDict, mesh: Mesh
@@ -71,10 +56,7 @@ def lower(config: ml_collections.ConfigDict, mesh: Mesh, num_examples: int,
     `{program: jax.stages.Lowered}`; `.compile()` one to compile it.
   """
   sharding_lib.check_divisible(config.batch_size, mesh)
-  steps_per_epoch = indices.steps_per_epoch(num_examples, config.batch_size)
-  plan = trainer.Plan(num_examples, steps_per_epoch,
-                      config.num_epochs * steps_per_epoch,
-                      config.smog.regroups_per_epoch)
+  plan = trainer.Plan.of(config, num_examples)
   network, tx, step_config, state = trainer.build(config, mesh, plan,
                                                   materialize=False)
   batches = abstract_batches(config, mesh)

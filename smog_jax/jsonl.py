@@ -15,6 +15,9 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
+# The metrics file of a workdir (pre-training and evaluation alike).
+METRICS_FILE = 'metrics.jsonl'
+
 
 def jsonable(value: Any) -> Any:
   """A numpy scalar or 0-d array as the Python number JSON can write."""
@@ -52,7 +55,12 @@ class JsonlWriter:
 
   def read(self) -> list[dict[str, Any]]:
     """Every record in the file."""
-    if not tf.io.gfile.exists(self.path):
-      return []
-    with tf.io.gfile.GFile(self.path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+    return read(self.path)
+
+
+def read(path: str) -> list[dict[str, Any]]:
+  """Every record of the JSON-lines file at `path` ([] if there is none)."""
+  if not tf.io.gfile.exists(path):
+    return []
+  with tf.io.gfile.GFile(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import html
 import io
-import json
 import math
 import os
 from typing import Any, Sequence
@@ -41,10 +40,10 @@ from PIL import Image
 
 from smog_jax import checkpointing
 from smog_jax import grouping
+from smog_jax import jsonl
 from smog_jax import data as data_lib
 from smog_jax.data import settings as data_settings
 from smog_jax.data import sources
-from smog_jax.trainer import METRICS_FILE
 
 REPORT_SUBDIR = 'report'
 # Rows scored against the centroids at once: keeps the [rows, K] score
@@ -88,11 +87,7 @@ class RunData:
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:
   """The records of `WORKDIR/metrics.jsonl`, in file order ([] if absent)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return jsonl.read(os.path.join(workdir, jsonl.METRICS_FILE))
 
 
 def load_run(workdir: str) -> RunData:
@@ -455,7 +450,8 @@ def write_report(workdir: str, output: str | None = None, head: int = 0,
                     'point every log_every_steps). groups_used, entropy and '
                     'agreement are measured on each logged batch.'))
   else:
-    notes.append(f'No {METRICS_FILE} in the workdir: no training curves.')
+    notes.append(f'No {jsonl.METRICS_FILE} in the workdir: no training '
+                 'curves.')
 
   assignments = assign_bank(run.memory_bank, run.centroids)
   sizes = group_sizes(assignments, num_groups)

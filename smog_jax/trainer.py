@@ -35,9 +35,7 @@ from smog_jax import sharding as sharding_lib
 from smog_jax import train
 from smog_jax import train_state as train_state_lib
 from smog_jax import validation
-
-METRICS_FILE = 'metrics.jsonl'
-
+from smog_jax.data import indices
 
 class MetricsWriter:
   """TensorBoard + log through clu, and metrics.jsonl, on process 0.
@@ -53,8 +51,8 @@ class MetricsWriter:
       return
     self._clu = metric_writers.create_default_writer(workdir,
                                                      asynchronous=False)
-    self._jsonl = jsonl.JsonlWriter(os.path.join(workdir, METRICS_FILE),
-                                    resume_step)
+    self._jsonl = jsonl.JsonlWriter(
+        os.path.join(workdir, jsonl.METRICS_FILE), resume_step)
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     self._clu.write_hparams(hparams)
@@ -78,6 +76,16 @@ class Plan:
   total_steps: int
   regroups_per_epoch: int
 
+  @classmethod
+  def of(cls, config: ml_collections.ConfigDict, num_examples: int) -> Plan:
+    """The plan of `config` on `num_examples` training examples."""
+    per_epoch = indices.steps_per_epoch(num_examples, config.batch_size)
+    total = config.total_steps
+    if total is None or total <= 0:
+      total = config.num_epochs * per_epoch
+    return cls(num_examples, per_epoch, int(total),
+               config.smog.regroups_per_epoch)
+
   @property
   def regroup_every_steps(self) -> int:
     """Regrouping (k-means + target reset) runs before every step that is a
@@ -89,12 +97,7 @@ def make_plan(config: ml_collections.ConfigDict, mesh) -> Plan:
   """The run's length; first checks the config (`validation`), no compile."""
   num_examples = data_lib.num_train_examples(config)
   validation.validate(config, mesh.size, jax.process_count(), num_examples)
-  steps_per_epoch = data_lib.steps_per_epoch(config)
-  total = config.total_steps
-  if total is None or total <= 0:
-    total = config.num_epochs * steps_per_epoch
-  return Plan(num_examples, steps_per_epoch, int(total),
-              config.smog.regroups_per_epoch)
+  return Plan.of(config, num_examples)
 
 
 class _Preemption:
@@ -195,8 +198,7 @@ def build(config: ml_collections.ConfigDict, mesh, plan: Plan,
   abstract = jax.eval_shape(create, jax.random.PRNGKey(config.seed))
   shardings = train_state_lib.state_sharding(abstract, mesh)
   if not materialize:
-    return network, tx, step_config, jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    return network, tx, step_config, checkpointing.abstract_like(
         abstract, shardings)
   # Created directly with its shardings: the bank is never whole on one device.
   state = jax.jit(create, out_shardings=shardings)(

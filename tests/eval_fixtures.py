@@ -9,7 +9,7 @@ import numpy as np
 import optax
 
 from smog_jax import checkpointing
-from smog_jax import dry_run
+from smog_jax import recipes
 from smog_jax import models
 from smog_jax import train_state as train_state_lib
 
@@ -19,7 +19,7 @@ FIXTURE = os.path.join(ROOT, 'tests', 'data', 'fashion_mnist')
 
 def load_config(name: str, variant: str):
   """`configs/<name>.py:<variant>`."""
-  return dry_run.load_config(os.path.join(ROOT, 'configs', f'{name}.py'),
+  return recipes.load_config(os.path.join(ROOT, 'configs', f'{name}.py'),
                              variant)
 
 

@@ -6,14 +6,17 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from smog_jax import dry_run
+from smog_jax import recipes
+from smog_jax import checkpointing
 from smog_jax import models
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs')
 
 
 def _load(name, variant=''):
-  return dry_run.load_config(os.path.join(CONFIGS, f'{name}.py'), variant)
+  """The config of `configs/NAME.py:VARIANT` (None: a file without
+  variants)."""
+  return recipes.load_config(os.path.join(CONFIGS, f'{name}.py'), variant)
 
 
 @pytest.mark.parametrize('name,variant', [
@@ -65,3 +68,43 @@ def test_fashion_mnist_random_baseline_is_the_default_network():
           'zero_init_residual', 'kernel_init', 'bn_momentum', 'dtype'} <= shared
   for field in shared:
     assert probe[field] == pretrain[field], field
+
+
+PRETRAINING = [('fashion_mnist', ''), ('fashion_mnist', 'tiny'),
+               ('cifar10', ''), ('cifar10', 'short'),
+               ('imagenet_resnet50', ''), ('imagenet_resnet50', 'w2'),
+               ('imagenet_swin_t', None), ('imagenet_vit_s16', ''),
+               ('imagenet_vit_s16', 'b16')]
+
+
+def _fields(config, *sections):
+  return {section: set(config[section]) if section else set(config)
+          for section in sections}
+
+
+def test_every_pretraining_config_has_the_same_fields():
+  # Top level, data and smog come from recipes.pretraining_config; the
+  # model and optimiser fields depend on the backbone and optimiser.
+  first = _fields(_load(*PRETRAINING[0]), '', 'data', 'smog')
+  for name, variant in PRETRAINING[1:]:
+    assert _fields(_load(name, variant), '', 'data', 'smog') == first, (
+        name, variant)
+
+
+@pytest.mark.parametrize('name,variant', PRETRAINING)
+def test_a_resume_with_another_length_needs_allow_config_change(
+    name, variant):
+  saved = _load(name, variant).to_dict()
+  config = _load(name, variant)
+  config.lock()  # As `--config` gives it: no field can be added.
+  config.total_steps = 10
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'total_steps: -1 -> 10\) \(these may change with '
+                     r'--config.allow_config_change=True\)'):
+    checkpointing.check_resumable_config(saved, config, 'DIR')
+  config.allow_config_change = True
+  checkpointing.check_resumable_config(saved, config, 'DIR')  # Proceeds.
+  config.seed = 1  # Never changeable.
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'\(seed: 0 -> 1\); use a new'):
+    checkpointing.check_resumable_config(saved, config, 'DIR')

@@ -12,6 +12,7 @@ import pytest
 import eval_fixtures
 from smog_jax import checkpointing
 from smog_jax import export
+from smog_jax import jsonl
 from smog_jax import sharding
 from smog_jax import trainer
 from smog_jax.evaluation import runner
@@ -43,7 +44,7 @@ def _config(mode, pretrained, data_dir, epochs=3):
 def _read(workdir):
   with open(os.path.join(workdir, runner.RESULTS_FILE)) as f:
     results = json.load(f)
-  with open(os.path.join(workdir, runner.METRICS_FILE)) as f:
+  with open(os.path.join(workdir, jsonl.METRICS_FILE)) as f:
     metrics = [json.loads(line) for line in f]
   return results, metrics
 

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from smog_jax import dry_run, models, optim, sharding
+from smog_jax import dry_run, models, optim, recipes, sharding
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs')
 
@@ -31,7 +31,7 @@ RECIPES = [('imagenet_resnet50', '', IMAGENET),
 
 
 def _load(name, variant=None):
-  return dry_run.load_config(os.path.join(CONFIGS, f'{name}.py'), variant)
+  return recipes.load_config(os.path.join(CONFIGS, f'{name}.py'), variant)
 
 
 def test_swin_t_config_is_the_reference_recipe():

@@ -12,6 +12,7 @@ import pytest
 
 import eval_fixtures
 from smog_jax import checkpointing
+from smog_jax import jsonl
 from smog_jax import models
 from smog_jax import report
 from smog_jax import train_state as train_state_lib
@@ -145,3 +146,14 @@ def test_command_line(workdir, tmp_path):
   assert sorted(os.listdir(tmp_path)) == [
       'curves.png', 'group_sizes.png', 'groups.png', 'index.html',
       'neighbours.png']
+
+
+def test_metrics_are_read_from_a_non_local_workdir():
+  # TensorFlow's in-memory filesystem stands in for gs://.
+  workdir = 'ram://bucket/report_run'
+  writer = jsonl.JsonlWriter(f'{workdir}/{jsonl.METRICS_FILE}')
+  for step in (1, 2):
+    writer.write({'step': step, 'loss': 1.0 / step})
+  assert report.read_metrics(workdir) == [{'step': 1, 'loss': 1.0},
+                                          {'step': 2, 'loss': 0.5}]
+  assert report.read_metrics('ram://bucket/no_run') == []

@@ -5,12 +5,12 @@ import os
 import pytest
 
 import cli_runs
-from smog_jax import dry_run
+from smog_jax import recipes
 from smog_jax import validation
 
 
 def _config(**changes):
-  config = dry_run.load_config(
+  config = recipes.load_config(
       os.path.join(cli_runs.REPO, 'configs', 'fashion_mnist.py'), 'tiny')
   for path, value in changes.items():
     *parents, name = path.split('.')

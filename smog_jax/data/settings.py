@@ -32,6 +32,10 @@ DATASETS = tuple(_PRESETS)
 # fields they lack, each with the field whose value those versions used.
 RETIRED_FIELDS = ('random_access', 'shuffle_buffer')
 ADDED_FIELDS = {'large_crop_size': 'image_size'}
+# Fields that never change what a run computes: a resumed run may always
+# change them (smog_jax.recipes).
+OPERATIONAL_FIELDS = ('data_dir', 'fashion_mnist_idx_dir', 'download',
+                      'prefetch', 'eval_batch_size')
 
 
 def default_data_config(dataset: str = 'fashion_mnist'

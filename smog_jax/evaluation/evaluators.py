@@ -151,15 +151,12 @@ class Linear(Evaluator):
     state = linear_lib.init_probe(
         jax.random.key(lin.seed), self.num_classes,
         np.zeros((dim,), np.float32), np.ones((dim,), np.float32), tx)
-    manager = ocp.CheckpointManager(
-        checkpointing.checkpoint_dir(self.workdir),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
-        item_names=('state',))
+    manager = checkpointing.make_manager(self.workdir, max_to_keep=2,
+                                         item_names=('state',))
     start_epoch = manager.latest_step() or 0
     if start_epoch:
-      replicated = sharding.replicated(mesh)
-      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-          x.shape, x.dtype, sharding=replicated), state)
+      abstract = checkpointing.abstract_like(state,
+                                             sharding.replicated(mesh))
       state = manager.restore(start_epoch, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract)))['state']
       logging.info('Resumed the linear head at epoch %d.', start_epoch)

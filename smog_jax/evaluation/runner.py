@@ -43,7 +43,6 @@ from smog_jax.evaluation import features as features_lib
 from smog_jax.evaluation import linear as linear_lib
 
 MODES = ('linear', 'fast', 'knn')
-METRICS_FILE = 'metrics.jsonl'
 RESULTS_FILE = 'results.json'
 # Preprocessing fields a pretrained backbone imposes on the evaluation data:
 # it only understands inputs normalised (and with the channel count) as it
@@ -101,8 +100,9 @@ class MetricsLog:
   """
 
   def __init__(self, workdir: str):
-    self._writer = (jsonl.JsonlWriter(os.path.join(workdir, METRICS_FILE))
-                    if jax.process_index() == 0 else None)
+    path = os.path.join(workdir, jsonl.METRICS_FILE)
+    self._writer = (jsonl.JsonlWriter(path) if jax.process_index() == 0
+                    else None)
 
   def __call__(self, record: dict[str, Any]) -> None:
     logging.info('%s', ' '.join(f'{k}={v}' for k, v in record.items()))
