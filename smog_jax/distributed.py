@@ -41,8 +41,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('num_processes', None, 'Total number of processes.')
   flags.DEFINE_integer('process_id', None, 'Index of this process.')
   flags.DEFINE_integer('heartbeat_timeout_seconds', 100,
-                       'A process silent for half this long counts as lost: '
-                       'the others stop with an error instead of waiting.')
+                       "JAX's heartbeat timeout; a process silent for a "
+                       'quarter of it counts as lost: the others stop with '
+                       'an error instead of waiting.')
   flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'],
                     "'auto': initialise when a TPU pod or a multi-task SLURM "
                     "job is detected; 'on': always (auto-detect the "
@@ -59,7 +60,7 @@ def initialize() -> None:
   """Initialises `jax.distributed` as the flags ask (idempotent per process).
 
   With more than one process, also starts the `PeerWatch` (stopped at
-  exit) with half of `--heartbeat_timeout_seconds` as its limit.
+  exit) with a quarter of `--heartbeat_timeout_seconds` as its limit.
   """
   f = flags.FLAGS
   explicit = f.coordinator_address is not None or f.num_processes is not None
@@ -77,7 +78,7 @@ def initialize() -> None:
                'devices.', jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
   if jax.process_count() > 1:
-    watch = PeerWatch(f.heartbeat_timeout_seconds / 2)
+    watch = PeerWatch(f.heartbeat_timeout_seconds / 4)
     watch.start()
     atexit.register(watch.stop)
 
@@ -115,10 +116,12 @@ class PeerWatch:
   A survivor blocked where no collective fails (a barrier, a hung peer's
   collective) would meet that abort. So each process writes a counter
   into the service's key-value store every second and reads the others':
-  one whose counter stood still for `limit_seconds` (half the heartbeat
-  timeout, so this verdict comes first) is lost, and this process exits
-  with status 1 and `lost_process_sentence`. A process that exits on its
-  own writes `done` first, so that its peers do not take it for lost.
+  one whose counter stood still for `limit_seconds` is lost, and this
+  process exits with status 1 and `lost_process_sentence`. The limit
+  must end before the service's verdict, which comes as soon as half the
+  timeout after a hang (a process's last heartbeat can be half a timeout
+  old); `initialize` uses a quarter. A process that exits on its own
+  writes `done` first, so that its peers do not take it for lost.
   """
 
   def __init__(self, limit_seconds: float):
