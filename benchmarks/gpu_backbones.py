@@ -129,8 +129,7 @@ def run(name: str, args, mesh) -> None:
   spec = data_lib.augment_spec(ml_collections.ConfigDict(dict(
       seed=0, batch_size=args.batch * mesh.size,
       data=data_lib.default_data_config('imagenet2012'))))
-  step_config = train.StepConfig(sched, spec, config.smog.temperature,
-                                 config.smog.centroid_gradient)
+  step_config = train.StepConfig.of(config.smog, sched, spec)
   size = config.crops.large_size
   create = functools.partial(
       train_state.create_train_state, network=network, tx=tx,

@@ -129,8 +129,7 @@ def main(argv):
         config.smog.num_groups)
     return jax.device_put(st, train_state.state_sharding(st, mesh))
 
-  step_config = train.StepConfig(sched, spec, config.smog.temperature,
-                                 config.smog.centroid_gradient)
+  step_config = train.StepConfig.of(config.smog, sched, spec)
   st = fresh_state()
   smog_fn = train.jit_train_step(network, tx, step_config, mesh, st)
   shard = train_state.state_sharding(st, mesh)

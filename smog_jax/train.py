@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from jax.sharding import Mesh
 
@@ -51,6 +52,14 @@ class StepConfig:
   augment: augment.AugmentSpec
   temperature: float = 0.1
   centroid_gradient: bool = False
+
+  @classmethod
+  def of(cls, smog: ml_collections.ConfigDict, schedules: Schedules,
+         augment_spec: augment.AugmentSpec) -> StepConfig:
+    """The step's settings: the config's `smog` block, the run's schedules
+    and its augmentation (`smog_jax.data.augment_spec(config)`)."""
+    return cls(schedules, augment_spec, smog.temperature,
+               smog.centroid_gradient)
 
 
 def _merge_crops(images: jax.Array) -> jax.Array:

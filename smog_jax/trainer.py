@@ -15,7 +15,7 @@ import dataclasses
 import os
 import signal
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -136,27 +136,85 @@ class NonFiniteError(RuntimeError):
   """A step produced a NaN/inf loss, centroid or parameter."""
 
 
-def _check_finite(metrics, step: int, manager) -> None:
-  """Raises `NonFiniteError` if step `step` went non-finite (a host sync)."""
-  if not float(metrics['nonfinite']):
-    return
-  last = manager.latest_step()
-  kept = ('no checkpoint was written yet' if last is None else
-          f'the last good checkpoint, step {last}, is kept')
-  raise NonFiniteError(
-      f'Step {step} produced a non-finite loss or centroid, so the run '
-      f'stopped without saving it ({kept}): lower --config.optimizer.peak_lr '
-      'or check the input data, then run the same command again.')
+class PendingCheck:
+  """The finiteness check of the latest step, read one step late.
+
+  Reading a step's `nonfinite` flag waits for the step, so it is read once
+  the next step is dispatched (`push`): the device never waits for the host.
+  `check` reads it at once, before anything saves or logs that step.
+  """
+
+  def __init__(self, last_good_step: Callable[[], int | None]):
+    """Takes what names the step kept: the newest checkpoint's (or None)."""
+    self._last_good_step = last_good_step
+    self._pending = None
+
+  def push(self, step: int, nonfinite) -> None:
+    """Checks the step held so far, then holds step `step`'s flag."""
+    self.check()
+    self._pending = (step, nonfinite)
+
+  def check(self) -> None:
+    """Raises `NonFiniteError` if the step held went non-finite."""
+    if self._pending is None:
+      return
+    step, nonfinite = self._pending
+    self._pending = None
+    if not float(nonfinite):
+      return
+    last = self._last_good_step()
+    kept = ('no checkpoint was written yet' if last is None else
+            f'the last good checkpoint, step {last}, is kept')
+    raise NonFiniteError(
+        f'Step {step} produced a non-finite loss or centroid, so the run '
+        f'stopped without saving it ({kept}): lower '
+        '--config.optimizer.peak_lr or check the input data, then run the '
+        'same command again.')
 
 
-def _knn_due(config, epoch_done: int, plan: Plan, step: int) -> bool:
+@dataclasses.dataclass(frozen=True)
+class Due:
+  """What the loop does with the state at a step, in this order.
+
+  Attributes:
+    log: write the metrics of the step just done.
+    knn: add the kNN monitor's top-1 to them.
+    checkpoint: save the state.
+    stop: end the run here (its last step, or preempted).
+    regroup: regroup before running the next step.
+  """
+  log: bool
+  knn: bool
+  checkpoint: bool
+  stop: bool
+  regroup: bool
+
+
+def due(step: int, plan: Plan, config: ml_collections.ConfigDict,
+        preempted: bool) -> Due:
+  """The periodic actions once `step` steps are done (no I/O).
+
+  At the step a run starts from, only `stop` and `regroup` apply: the rest
+  was done for that step before it was saved.
+
+  Args:
+    step: the state's step: how many steps are done.
+    plan: the run's length.
+    config: its `log_every_steps`, `checkpoint_every_steps` and
+      `knn_every_epochs` (negative: never; 0: only at the end).
+    preempted: whether the run was asked to stop after this step.
+  """
+  last = step >= plan.total_steps
+  epochs, into_epoch = divmod(step, plan.steps_per_epoch)
   every = config.knn_every_epochs
-  if every < 0:
-    return False
-  at_end = step == plan.total_steps
-  at_epoch = (every > 0 and step % plan.steps_per_epoch == 0 and
-              epoch_done % every == 0)
-  return at_end or at_epoch
+  knn = every >= 0 and (last or (every > 0 and into_epoch == 0 and
+                                 epochs % every == 0))
+  stop = last or preempted
+  return Due(log=knn or last or step % config.log_every_steps == 0,
+             knn=knn,
+             checkpoint=stop or step % config.checkpoint_every_steps == 0,
+             stop=stop,
+             regroup=not stop and step % plan.regroup_every_steps == 0)
 
 
 def knn_monitor(config: ml_collections.ConfigDict, state, mesh) -> float:
@@ -180,10 +238,8 @@ def build(config: ml_collections.ConfigDict, mesh, plan: Plan,
   network = models.build_network(config.model)
   sched = schedules.from_config(config, plan.total_steps, plan.steps_per_epoch)
   tx = optim.make_optimizer(config.optimizer, sched.learning_rate)
-  step_config = train.StepConfig(
-      schedules=sched, augment=data_lib.augment_spec(config),
-      temperature=config.smog.temperature,
-      centroid_gradient=config.smog.centroid_gradient)
+  step_config = train.StepConfig.of(config.smog, sched,
+                                   data_lib.augment_spec(config))
   d = config.data
   shape = (d.image_size, d.image_size, d.channels)
 
@@ -206,6 +262,36 @@ def build(config: ml_collections.ConfigDict, mesh, plan: Plan,
   return network, tx, step_config, state
 
 
+def restore_or_fill(config: ml_collections.ConfigDict, mesh, plan: Plan,
+                    manager, network, augment, state):
+  """The newest readable checkpoint, else `state` with its memory bank filled.
+
+  Args:
+    config: the run's config (a checkpoint's must allow resuming with it).
+    mesh: the global mesh.
+    plan: the run's length.
+    manager: the checkpoint manager.
+    network: the SMoG network (fills the bank with one forward pass).
+    augment: the augmentation of the fill pass (`train.StepConfig.augment`).
+    state: the freshly initialised state.
+
+  Returns:
+    (the state, the step it is at).
+  """
+  shardings = train_state_lib.state_sharding(state, mesh)
+  restored = checkpointing.restore_latest(
+      manager, checkpointing.abstract_like(state, shardings), config)
+  if restored is not None:
+    state = restored
+    logging.info('Resumed from step %d.', int(state.step))
+  else:
+    fill = memory_bank.jit_fill_bank_step(network, augment, mesh, state)
+    for batch in data_lib.make_bank_fill_iterator(config, mesh):
+      state = fill(state, batch)
+    logging.info('Memory bank filled: %d examples.', plan.num_train_examples)
+  return state, int(jax.device_get(state.step))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Runs (or resumes) pre-training in `workdir`; returns the final state."""
   mesh = sharding_lib.make_mesh()
@@ -213,77 +299,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   logging.info('Plan: %s; mesh: %d devices over %d processes.', plan,
                mesh.size, jax.process_count())
   network, tx, step_config, state = build(config, mesh, plan)
-  shardings = train_state_lib.state_sharding(state, mesh)
-
   manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-  restored = checkpointing.restore_latest(
-      manager, checkpointing.abstract_like(state, shardings), config)
-  if restored is not None:
-    state = restored
-    logging.info('Resumed from step %d.', int(state.step))
-  else:
-    fill = memory_bank.jit_fill_bank_step(network, step_config.augment, mesh,
-                                          state)
-    for batch in data_lib.make_bank_fill_iterator(config, mesh):
-      state = fill(state, batch)
-    logging.info('Memory bank filled: %d examples.', plan.num_train_examples)
+  state, step = restore_or_fill(config, mesh, plan, manager, network,
+                                step_config.augment, state)
 
-  start = int(jax.device_get(state.step))
   step_fn = train.jit_train_step(network, tx, step_config, mesh, state)
   regroup_fn = memory_bank.jit_regroup(
       config.smog.kmeans_iters, plan.num_train_examples, mesh, state)
-  writer = MetricsWriter(workdir, start)
-  if start == 0:
+  writer = MetricsWriter(workdir, step)
+  if step == 0:
     writer.write_hparams({
         k: v if isinstance(v, (int, float, str, bool)) else str(v)
         for k, v in checkpointing.flatten(config.to_dict()).items()})
   # Steps/s and ETA go to the log; metrics.jsonl keeps one record per step.
   report = periodic_actions.ReportProgress(num_train_steps=plan.total_steps,
                                            every_secs=60)
-  batches = data_lib.make_train_iterator(config, mesh, start, plan.total_steps)
+  batches = data_lib.make_train_iterator(config, mesh, step, plan.total_steps)
 
-  last_log_time, last_log_step = time.time(), start
-  # Each step's finiteness is read once the next step is dispatched (so the
-  # device never waits for the host), and before any save or log.
-  unchecked = None
+  last_log_time, last_log_step = time.time(), step
+  finite = PendingCheck(manager.latest_step)
+  todo = due(step, plan, config, preempted=False)
   with _Preemption(manager) as preemption, _finishing(manager, writer):
-    for step in range(start, plan.total_steps):
-      if step % plan.regroup_every_steps == 0:
+    while not todo.stop:
+      if todo.regroup:
         regrouping = step // plan.regroup_every_steps
         state = regroup_fn(state, jnp.asarray(regrouping, jnp.int32))
         logging.info('Regrouping %d before step %d.', regrouping, step)
       state, metrics = step_fn(state, next(batches))
-      done = step + 1
-      if unchecked is not None:
-        _check_finite(*unchecked, manager)
-      unchecked = (metrics, done)
-      report(done)
-
-      knn_due = _knn_due(config, done // plan.steps_per_epoch, plan, done)
-      preempted = preemption.reached(done)
-      save_due = (done % config.checkpoint_every_steps == 0 or
-                  done == plan.total_steps or preempted)
-      log_due = (knn_due or done % config.log_every_steps == 0 or
-                 done == plan.total_steps)
-      if save_due or log_due:
-        _check_finite(metrics, done, manager)
-      if log_due:
+      step += 1
+      finite.push(step, metrics['nonfinite'])
+      report(step)
+      preempted = preemption.reached(step)
+      todo = due(step, plan, config, preempted)
+      if todo.log or todo.checkpoint:
+        finite.check()
+      if todo.log:
         scalars = jax.device_get(metrics)
-        now = time.time()
-        scalars['images_per_sec'] = (config.batch_size * (done - last_log_step)
-                                     / max(now - last_log_time, 1e-9))
-        scalars['epoch'] = done / plan.steps_per_epoch
-        if knn_due:
+        elapsed = max(time.time() - last_log_time, 1e-9)
+        scalars['images_per_sec'] = (config.batch_size *
+                                     (step - last_log_step) / elapsed)
+        scalars['epoch'] = step / plan.steps_per_epoch
+        if todo.knn:
           scalars['knn_top1'] = knn_monitor(config, state, mesh)
-        writer.write_scalars(done, scalars)
+        writer.write_scalars(step, scalars)
         # Evaluation time does not count towards images_per_sec.
-        last_log_time, last_log_step = time.time(), done
-
-      if save_due:
+        last_log_time, last_log_step = time.time(), step
+      if todo.checkpoint:
         checkpointing.save(manager, state, config, force=preempted)
       if preempted:
-        logging.warning('Stopped by preemption at step %d.', done)
-        break
+        logging.warning('Stopped by preemption at step %d.', step)
   return state
 
 

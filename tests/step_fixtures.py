@@ -62,9 +62,7 @@ def build(config=None, bank_rows=None, spec=IDENTITY):
   network = models.build_network(config.model)
   sched = schedules.from_config(config, TOTAL_STEPS, steps_per_epoch=5)
   tx = optim.make_optimizer(config.optimizer, sched.learning_rate)
-  step_config = train.StepConfig(
-      schedules=sched, augment=spec, temperature=config.smog.temperature,
-      centroid_gradient=config.smog.centroid_gradient)
+  step_config = train.StepConfig.of(config.smog, sched, spec)
   state = train_state.create_train_state(
       jax.random.PRNGKey(0), network, tx, (LARGE, LARGE, CHANNELS),
       NUM_HEADS, NUM_GROUPS, memory_bank_rows=bank_rows)

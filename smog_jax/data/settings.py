@@ -16,16 +16,25 @@ from smog_jax import augment
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.228, 0.224, 0.225)  # As the spec and the reference.
 
-# Per-dataset fields: channels, image_size (and large_crop_size),
-# small_image_size, mean, std, eval_split, eval_crop_fraction.
+
+
+# Per-dataset defaults of `config.data` (their meanings: default_data_config).
 _PRESETS = {
-    'fashion_mnist': (1, 28, 14, (0.2860,), (0.3530,), 'test', 1.0),
-    'cifar10': (3, 32, 16, (0.4914, 0.4822, 0.4465),
-                (0.2470, 0.2435, 0.2616), 'test', 1.0),
-    'cifar100': (3, 32, 16, (0.5071, 0.4865, 0.4409),
-                 (0.2673, 0.2564, 0.2762), 'test', 1.0),
-    'imagenet2012': (3, 224, 96, IMAGENET_MEAN, IMAGENET_STD, 'validation',
-                     224 / 256),
+    'fashion_mnist': dict(
+        channels=1, image_size=28, small_image_size=14, mean=(0.2860,),
+        std=(0.3530,), eval_split='test', eval_crop_fraction=1.0),
+    'cifar10': dict(
+        channels=3, image_size=32, small_image_size=16,
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+        eval_split='test', eval_crop_fraction=1.0),
+    'cifar100': dict(
+        channels=3, image_size=32, small_image_size=16,
+        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+        eval_split='test', eval_crop_fraction=1.0),
+    'imagenet2012': dict(
+        channels=3, image_size=224, small_image_size=96, mean=IMAGENET_MEAN,
+        std=IMAGENET_STD, eval_split='validation',
+        eval_crop_fraction=224 / 256),
 }
 DATASETS = tuple(_PRESETS)
 # Fields that configs saved by earlier versions may still carry, and the
@@ -50,7 +59,7 @@ def default_data_config(dataset: str = 'fashion_mnist'
   """
   if dataset not in _PRESETS:
     raise ValueError(f'Unknown dataset {dataset!r}; known: {DATASETS}.')
-  channels, size, small, mean, std, eval_split, crop = _PRESETS[dataset]
+  preset = _PRESETS[dataset]
   placeholder = ml_collections.config_dict.placeholder
   return ml_collections.ConfigDict(dict(
       dataset=dataset,
@@ -62,13 +71,13 @@ def default_data_config(dataset: str = 'fashion_mnist'
       train_split='train',
       train_slice=placeholder(int),  # Only the first N training examples.
       # Output channels C (grey sources are replicated, RGB made grey).
-      channels=channels,
+      channels=preset['channels'],
       # S: the evaluation images (kNN monitor, linear probe, export).
-      image_size=size,
+      image_size=preset['image_size'],
       # The large training crops' side; below S the network trains at a
       # lower resolution than its features are used at (FixRes).
-      large_crop_size=size,
-      small_image_size=small,  # s: small crops.
+      large_crop_size=preset['image_size'],
+      small_image_size=preset['small_image_size'],  # s: small crops.
       num_large_crops=2,
       num_small_crops=4,  # Online pipeline only; may be 0.
       large_scale=[0.2, 1.0],  # Random-resized-crop area ranges.
@@ -90,10 +99,11 @@ def default_data_config(dataset: str = 'fashion_mnist'
       antialias=False,  # PIL-like antialiased resize of training crops.
       # Per channel; one value is broadcast, RGB values of a grey output
       # become their luma.
-      mean=list(mean),
-      std=list(std),
-      eval_split=eval_split,
-      eval_crop_fraction=crop,  # Centre-crop side / short side.
+      mean=list(preset['mean']),
+      std=list(preset['std']),
+      eval_split=preset['eval_split'],
+      # Centre-crop side / short side.
+      eval_crop_fraction=preset['eval_crop_fraction'],
       eval_batch_size=placeholder(int),  # None: config.batch_size.
       prefetch=2,  # Global batches in flight to the devices.
   ))
