@@ -126,9 +126,9 @@ def run(name: str, args, mesh) -> None:
   tx = optim.make_optimizer(config.optimizer, sched.learning_rate)
   # The reference's device augmentation (smog_jax.data's settings need no
   # TensorFlow).
-  spec = data_lib.augment_spec(ml_collections.ConfigDict(dict(
+  spec = data_lib.resolve(ml_collections.ConfigDict(dict(
       seed=0, batch_size=args.batch * mesh.size,
-      data=data_lib.default_data_config('imagenet2012'))))
+      data=data_lib.default_data_config('imagenet2012')))).augment_spec
   step_config = train.StepConfig.of(config.smog, sched, spec)
   size = config.crops.large_size
   create = functools.partial(

@@ -121,7 +121,7 @@ def main(argv):
       index=np.arange(b, dtype=np.int32), epoch=np.zeros(b, np.int32),
       label=np.zeros(b, np.int32))
   batch = sharding.shard_host_batch(batch, mesh)
-  spec = data_lib.augment_spec(config)
+  spec = data_lib.resolve(config).augment_spec
 
   def fresh_state():
     st = train_state.create_train_state(

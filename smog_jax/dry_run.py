@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
+from smog_jax import data as data_lib
 from smog_jax import memory_bank
 from smog_jax import sharding as sharding_lib
 from smog_jax import train
@@ -57,8 +58,8 @@ def lower(config: ml_collections.ConfigDict, mesh: Mesh, num_examples: int,
   """
   sharding_lib.check_divisible(config.batch_size, mesh)
   plan = trainer.Plan.of(config, num_examples)
-  network, tx, step_config, state = trainer.build(config, mesh, plan,
-                                                  materialize=False)
+  network, tx, step_config, state = trainer.build(
+      config, data_lib.resolve(config), mesh, plan, materialize=False)
   batches = abstract_batches(config, mesh)
   lowered = {}
   if 'train_step' in programs:

@@ -42,7 +42,6 @@ from smog_jax import checkpointing
 from smog_jax import grouping
 from smog_jax import jsonl
 from smog_jax import data as data_lib
-from smog_jax.data import settings as data_settings
 from smog_jax.data import sources
 
 REPORT_SUBDIR = 'report'
@@ -73,12 +72,14 @@ class RunData:
 
   Attributes:
     config: the pre-training config saved with the checkpoint.
+    data: its data settings.
     step: the checkpoint's step.
     memory_bank: `[nL, N, D]` unit-norm projections, row = example index.
     centroids: `[H, K, D]` unit-norm group features.
     metrics: the records of metrics.jsonl (possibly empty).
   """
   config: Any
+  data: data_lib.DataSettings
   step: int
   memory_bank: np.ndarray
   centroids: np.ndarray
@@ -97,8 +98,9 @@ def load_run(workdir: str) -> RunData:
     raise ValueError(f'The checkpoint of {workdir!r} (step {step}) has no '
                      'memory bank: pass the workdir of a smog_jax.main run.')
   # Rows past the data set pad the bank to shard it (memory_bank.padded_rows).
-  num_examples = data_lib.num_train_examples(config)
-  return RunData(config=config, step=step,
+  data = data_lib.resolve(config)
+  num_examples = data_lib.num_train_examples(data)
+  return RunData(config=config, data=data, step=step,
                  memory_bank=np.asarray(
                      tree['memory_bank'][:, :num_examples], np.float32),
                  centroids=np.asarray(tree['centroids'], np.float32),
@@ -429,7 +431,7 @@ def write_report(workdir: str, output: str | None = None, head: int = 0,
                      f'heads (0..{num_heads - 1}).')
   os.makedirs(output, exist_ok=True)
   num_banks, num_rows, _ = run.memory_bank.shape
-  settings = data_settings.resolve(run.config)
+  settings = run.data
   facts = [('workdir', os.path.abspath(workdir)),
            ('checkpoint step', f'{run.step:,}'),
            ('dataset', f'{settings.dataset} ({settings.train_split}, '

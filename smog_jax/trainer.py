@@ -93,9 +93,10 @@ class Plan:
     return self.steps_per_epoch // self.regroups_per_epoch
 
 
-def make_plan(config: ml_collections.ConfigDict, mesh) -> Plan:
+def make_plan(config: ml_collections.ConfigDict, data: data_lib.DataSettings,
+              mesh) -> Plan:
   """The run's length; first checks the config (`validation`), no compile."""
-  num_examples = data_lib.num_train_examples(config)
+  num_examples = data_lib.num_train_examples(data)
   validation.validate(config, mesh.size, jax.process_count(), num_examples)
   return Plan.of(config, num_examples)
 
@@ -217,20 +218,21 @@ def due(step: int, plan: Plan, config: ml_collections.ConfigDict,
              regroup=not stop and step % plan.regroup_every_steps == 0)
 
 
-def knn_monitor(config: ml_collections.ConfigDict, state, mesh) -> float:
+def knn_monitor(config: ml_collections.ConfigDict,
+                data: data_lib.DataSettings, state, mesh) -> float:
   """Weighted kNN top-1 of the online backbone's features (train -> test)."""
   from smog_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
   variables = {'params': state.params['backbone'],
                'batch_stats': state.batch_stats['backbone']}
-  evaluator = evaluators.Knn(config, mesh, models.build_backbone(config.model),
+  evaluator = evaluators.Knn(data, mesh, models.build_backbone(config.model),
                              k=config.knn_k,
                              temperature=config.knn_temperature)
   return evaluator.run(variables)['top1']
 
 
-def build(config: ml_collections.ConfigDict, mesh, plan: Plan,
-          materialize: bool = True):
-  """(network, tx, step_config, initial state) for `config`.
+def build(config: ml_collections.ConfigDict, data: data_lib.DataSettings,
+          mesh, plan: Plan, materialize: bool = True):
+  """(network, tx, step_config, initial state) for `config` and its `data`.
 
   With `materialize=False` the state is abstract (`jax.ShapeDtypeStruct`s
   with their shardings): enough to compile the programs, nothing allocated.
@@ -238,8 +240,7 @@ def build(config: ml_collections.ConfigDict, mesh, plan: Plan,
   network = models.build_network(config.model)
   sched = schedules.from_config(config, plan.total_steps, plan.steps_per_epoch)
   tx = optim.make_optimizer(config.optimizer, sched.learning_rate)
-  step_config = train.StepConfig.of(config.smog, sched,
-                                   data_lib.augment_spec(config))
+  step_config = train.StepConfig.of(config.smog, sched, data.augment_spec)
   d = config.data
   shape = (d.image_size, d.image_size, d.channels)
 
@@ -262,17 +263,18 @@ def build(config: ml_collections.ConfigDict, mesh, plan: Plan,
   return network, tx, step_config, state
 
 
-def restore_or_fill(config: ml_collections.ConfigDict, mesh, plan: Plan,
-                    manager, network, augment, state):
+def restore_or_fill(config: ml_collections.ConfigDict,
+                    data: data_lib.DataSettings, mesh, plan: Plan, manager,
+                    network, state):
   """The newest readable checkpoint, else `state` with its memory bank filled.
 
   Args:
     config: the run's config (a checkpoint's must allow resuming with it).
+    data: its data settings (the bank fill's crops and augmentation).
     mesh: the global mesh.
     plan: the run's length.
     manager: the checkpoint manager.
     network: the SMoG network (fills the bank with one forward pass).
-    augment: the augmentation of the fill pass (`train.StepConfig.augment`).
     state: the freshly initialised state.
 
   Returns:
@@ -285,8 +287,9 @@ def restore_or_fill(config: ml_collections.ConfigDict, mesh, plan: Plan,
     state = restored
     logging.info('Resumed from step %d.', int(state.step))
   else:
-    fill = memory_bank.jit_fill_bank_step(network, augment, mesh, state)
-    for batch in data_lib.make_bank_fill_iterator(config, mesh):
+    fill = memory_bank.jit_fill_bank_step(network, data.augment_spec, mesh,
+                                          state)
+    for batch in data_lib.make_bank_fill_iterator(data, mesh):
       state = fill(state, batch)
     logging.info('Memory bank filled: %d examples.', plan.num_train_examples)
   return state, int(jax.device_get(state.step))
@@ -295,13 +298,14 @@ def restore_or_fill(config: ml_collections.ConfigDict, mesh, plan: Plan,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   """Runs (or resumes) pre-training in `workdir`; returns the final state."""
   mesh = sharding_lib.make_mesh()
-  plan = make_plan(config, mesh)
+  data = data_lib.resolve(config)  # Once: every part reads these settings.
+  plan = make_plan(config, data, mesh)
   logging.info('Plan: %s; mesh: %d devices over %d processes.', plan,
                mesh.size, jax.process_count())
-  network, tx, step_config, state = build(config, mesh, plan)
+  network, tx, step_config, state = build(config, data, mesh, plan)
   manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-  state, step = restore_or_fill(config, mesh, plan, manager, network,
-                                step_config.augment, state)
+  state, step = restore_or_fill(config, data, mesh, plan, manager, network,
+                                state)
 
   step_fn = train.jit_train_step(network, tx, step_config, mesh, state)
   regroup_fn = memory_bank.jit_regroup(
@@ -314,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   # Steps/s and ETA go to the log; metrics.jsonl keeps one record per step.
   report = periodic_actions.ReportProgress(num_train_steps=plan.total_steps,
                                            every_secs=60)
-  batches = data_lib.make_train_iterator(config, mesh, step, plan.total_steps)
+  batches = data_lib.make_train_iterator(data, mesh, step, plan.total_steps)
 
   last_log_time, last_log_step = time.time(), step
   finite = PendingCheck(manager.latest_step)
@@ -340,7 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                                      (step - last_log_step) / elapsed)
         scalars['epoch'] = step / plan.steps_per_epoch
         if todo.knn:
-          scalars['knn_top1'] = knn_monitor(config, state, mesh)
+          scalars['knn_top1'] = knn_monitor(config, data, state, mesh)
         writer.write_scalars(step, scalars)
         # Evaluation time does not count towards images_per_sec.
         last_log_time, last_log_step = time.time(), step

@@ -68,14 +68,15 @@ def test_offline_fashion_mnist_build_from_idx(data_dir):
   np.testing.assert_array_equal(ds['image'].numpy().reshape(-1),
                                 _raw_idx('t10k-images-idx3-ubyte.gz'))
   np.testing.assert_array_equal(ds['label'].numpy(), _raw_idx('t10k-labels-idx1-ubyte.gz'))
-  assert data.num_train_examples(_config(data_dir)) == N
-  assert data.num_train_examples(_config(data_dir, train_slice=40)) == 40
+  assert data.num_train_examples(data.resolve(_config(data_dir))) == N
+  assert data.num_train_examples(
+      data.resolve(_config(data_dir, train_slice=40))) == 40
 
 
 def test_missing_data_raises_one_clear_error(tmp_path):
   cfg = _config(str(tmp_path), fashion_mnist_idx_dir=str(tmp_path / 'none'))
   with pytest.raises(data.DataNotFoundError) as e:
-    data.num_train_examples(cfg)
+    data.num_train_examples(data.resolve(cfg))
   msg = str(e.value)
   assert 'data_dir' in msg and 'internet' in msg and 'dataset-fashion-mnist' in msg
 
@@ -167,8 +168,8 @@ def test_online_target_swap_every_step(data_dir):
 
 def test_global_iterator_sharded_and_equal_to_host(data_dir, default_batches):
   assert jax.device_count() == 8  # Batch 16: two rows per device.
-  batch = next(data.make_train_iterator(_config(data_dir), _mesh(),
-                                        start_step=2, stop_step=3))
+  batch = next(data.make_train_iterator(data.resolve(_config(data_dir)),
+                                        _mesh(), start_step=2, stop_step=3))
   for k, v in batch.items():
     assert v.sharding.spec == jax.sharding.PartitionSpec('data')
     np.testing.assert_array_equal(np.asarray(v), default_batches[2][k])
@@ -201,13 +202,15 @@ def test_eval_iterators_global(data_dir):
   mesh = _mesh()
   first = {}
   for mode in ('test', 'linear_train'):
-    batches = list(data.make_eval_iterator(cfg, mesh, 'test', mode))
+    batches = list(data.make_eval_iterator(data.resolve(cfg), mesh, 'test',
+                                           mode))
     idx = np.concatenate([np.asarray(b['index'])[np.asarray(b['mask'])] for b in batches])
     np.testing.assert_array_equal(np.sort(idx), np.arange(N))
     assert batches[0]['image'].shape == (cfg.data.eval_batch_size, 28, 28, 1)
     first[mode] = batches[0]
   # 'linear_train' is shuffled, and differently in each epoch.
-  e1 = next(data.make_eval_iterator(cfg, mesh, 'test', 'linear_train', epoch=1))
+  e1 = next(data.make_eval_iterator(data.resolve(cfg), mesh, 'test',
+                                    'linear_train', epoch=1))
   e0 = first['linear_train']
   assert not np.array_equal(np.asarray(e0['index']), np.asarray(e1['index']))
   assert not np.array_equal(np.asarray(e0['index']),
@@ -216,7 +219,7 @@ def test_eval_iterators_global(data_dir):
 
 def test_bank_fill_in_index_order_with_padding(data_dir):
   cfg = _config(data_dir, train_slice=40, large_crop_size=20)
-  batches = list(data.make_bank_fill_iterator(cfg, _mesh()))
+  batches = list(data.make_bank_fill_iterator(data.resolve(cfg), _mesh()))
   assert len(batches) == 3  # ceil(40 / 16)
   idx = np.concatenate([np.asarray(b['index']) for b in batches])
   mask = np.concatenate([np.asarray(b['mask']) for b in batches])
@@ -234,7 +237,7 @@ def test_imagenet_jpeg_path_with_tfds_mock_data(tmp_path):
                        large_crop_size=24, small_image_size=16,
                        num_small_crops=2))
   with tfds.testing.mock_data(num_examples=10):
-    assert data.num_train_examples(cfg) == 10
+    assert data.num_train_examples(data.resolve(cfg)) == 10
     s = settings_lib.resolve(cfg)
     b0 = next(pipeline.build_train_dataset(s, _source(s, 'train'), 0, 1, 0, 4)
               .as_numpy_iterator())

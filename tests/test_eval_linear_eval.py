@@ -11,6 +11,7 @@ import pytest
 
 import eval_fixtures
 from smog_jax import checkpointing
+from smog_jax import data as data_lib
 from smog_jax import export
 from smog_jax import jsonl
 from smog_jax import sharding
@@ -101,7 +102,8 @@ def test_exported_backbone_matches_workdir(pretrain, data_dir, tmp_path):
   # The pre-training monitor runs the same evaluator on the same features.
   config = pretrain[1]
   config.data.eval_batch_size = 16
-  monitor = trainer.knn_monitor(config, pretrain[2], sharding.make_mesh())
+  monitor = trainer.knn_monitor(config, data_lib.resolve(config),
+                                pretrain[2], sharding.make_mesh())
   assert 100.0 * monitor == pytest.approx(b['top1'])
 
 

@@ -8,26 +8,28 @@ process builds only its own rows, and the global batch does not depend on
 the process count. TensorFlow is imported only when an iterator is built.
 
 The fields of `config.data` and their defaults are in
-`default_data_config`; `config.batch_size` and `config.seed` are read too.
+`default_data_config`; a binary reads them once, with `config.batch_size`
+and `config.seed`, into a `DataSettings` (`resolve(config)`) and passes that
+to every function here.
 """
 
 from __future__ import annotations
 
 from typing import Iterator
 
-import ml_collections
 
 from smog_jax import sharding
 from smog_jax.data import indices
-from smog_jax.data import settings as _settings
 from smog_jax.data import sources
+from smog_jax.data.settings import DataSettings
 from smog_jax.data.settings import default_data_config
+from smog_jax.data.settings import resolve
 from smog_jax.data.sources import DataNotFoundError
 
 __all__ = [
-    'DataNotFoundError', 'augment_spec', 'default_data_config',
+    'DataNotFoundError', 'DataSettings', 'default_data_config',
     'make_bank_fill_iterator', 'make_eval_iterator', 'make_train_iterator',
-    'num_train_examples', 'steps_per_epoch',
+    'num_train_examples', 'resolve', 'steps_per_epoch',
 ]
 
 
@@ -37,25 +39,19 @@ def _pipeline():
   return pipeline
 
 
-def num_train_examples(config: ml_collections.ConfigDict) -> int:
+def num_train_examples(settings: DataSettings) -> int:
   """Training examples used (after `config.data.train_slice`)."""
-  s = _settings.resolve(config)
-  return sources.num_examples(s, sources.train_split(s))
+  return sources.num_examples(settings, sources.train_split(settings))
 
 
-def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+def steps_per_epoch(settings: DataSettings) -> int:
   """Full global batches per epoch (the partial last one is dropped)."""
-  return indices.steps_per_epoch(num_train_examples(config),
-                                 config.batch_size)
+  return indices.steps_per_epoch(num_train_examples(settings),
+                                 settings.batch_size)
 
 
-def augment_spec(config: ml_collections.ConfigDict):
-  """The device augmentation (`smog_jax.augment.AugmentSpec`) of `config`."""
-  return _settings.resolve(config).augment_spec
-
-
-def _iterate(config, mesh, split, build, evaluation=False) -> Iterator[dict]:
-  s = _settings.resolve(config)
+def _iterate(s: DataSettings, mesh, split, build,
+             evaluation=False) -> Iterator[dict]:
   source = sources.open_source(s, split(s))
   if evaluation:
     rows = sharding.process_rows(mesh, s.eval_batch_size,
@@ -66,12 +62,12 @@ def _iterate(config, mesh, split, build, evaluation=False) -> Iterator[dict]:
   return _pipeline().global_batches(local, mesh, s.prefetch)
 
 
-def make_train_iterator(config: ml_collections.ConfigDict, mesh,
+def make_train_iterator(settings: DataSettings, mesh,
                         start_step: int, stop_step: int) -> Iterator[dict]:
   """The training batches of steps `start_step, ..., stop_step - 1`.
 
   Args:
-    config: the experiment config.
+    settings: the run's data settings.
     mesh: 1-D mesh with axis 'data'.
     start_step: global step of the first batch (for resumption).
     stop_step: the step after the last batch (the run's total steps).
@@ -84,11 +80,10 @@ def make_train_iterator(config: ml_collections.ConfigDict, mesh,
   """
   build = lambda s, source, *rows: _pipeline().build_train_dataset(
       s, source, start_step, stop_step, *rows)
-  return _iterate(config, mesh, sources.train_split, build)
+  return _iterate(settings, mesh, sources.train_split, build)
 
 
-def make_bank_fill_iterator(config: ml_collections.ConfigDict, mesh
-                            ) -> Iterator[dict]:
+def make_bank_fill_iterator(settings: DataSettings, mesh) -> Iterator[dict]:
   """One pass over the training split in index order, to fill the bank.
 
   Returns:
@@ -96,20 +91,20 @@ def make_bank_fill_iterator(config: ml_collections.ConfigDict, mesh
     augmented on the device), index i32[B], mask bool[B], label i32[B].
     Padding rows have mask False and index N (a JAX scatter drops them).
   """
-  return _iterate(config, mesh, sources.train_split,
+  return _iterate(settings, mesh, sources.train_split,
                   _pipeline().build_bank_fill_dataset)
 
 
-def make_eval_iterator(config: ml_collections.ConfigDict, mesh,
+def make_eval_iterator(settings: DataSettings, mesh,
                        split: str | None = None, mode: str = 'test',
                        epoch: int = 0) -> Iterator[dict]:
   """One pass over an evaluation split; every example once (mask).
 
   Args:
-    config: the experiment config; the global batch is
-      `config.data.eval_batch_size`.
+    settings: the run's data settings; the global batch is their
+      `eval_batch_size`.
     mesh: 1-D mesh with axis 'data'.
-    split: tfds split (default `config.data.eval_split`).
+    split: tfds split (default `settings.eval_split`).
     mode: 'test' (centre crop) or 'linear_train' (random resized crop and
       flip, order and crops keyed by `epoch`).
     epoch: epoch of 'linear_train'.
@@ -120,5 +115,5 @@ def make_eval_iterator(config: ml_collections.ConfigDict, mesh,
   """
   build = lambda s, source, *rows: _pipeline().build_eval_dataset(
       s, source, mode, *rows, epoch=epoch)
-  return _iterate(config, mesh, lambda s: split or s.eval_split, build,
+  return _iterate(settings, mesh, lambda s: split or s.eval_split, build,
                   evaluation=True)

@@ -1,7 +1,7 @@
 """Evaluators: small plug-ins with one `run(variables)` contract.
 
-An evaluator is built once from a config (its `data`, `batch_size` and
-`seed` say what to evaluate on), a mesh and a frozen backbone module;
+An evaluator is built once from the binary's data settings (`DataSettings`:
+what to evaluate on), a mesh and a frozen backbone module;
 `run(variables)` evaluates the backbone with those variables and returns a
 dict of metrics (accuracies as fractions). The pre-training kNN monitor
 (`smog_jax.trainer.knn_monitor`) and `python -m smog_jax.linear_eval` use
@@ -10,13 +10,13 @@ these classes, so they share feature extraction, kNN and the probe loop.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -25,7 +25,6 @@ from jax.sharding import Mesh
 from smog_jax import checkpointing
 from smog_jax import sharding
 from smog_jax import data as data_lib
-from smog_jax.data import settings as settings_lib
 from smog_jax.data import sources
 from smog_jax.evaluation import features as features_lib
 from smog_jax.evaluation import knn as knn_lib
@@ -33,13 +32,12 @@ from smog_jax.evaluation import linear as linear_lib
 
 
 class Evaluator:
-  """Evaluation data of a config, and features of its splits."""
+  """Evaluation data, and features of its splits."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh,
+  def __init__(self, data: data_lib.DataSettings, mesh: Mesh,
                backbone: nn.Module, num_classes: int | None = None):
     """`num_classes` None: one more than the largest label seen."""
-    self.config, self.mesh, self.backbone = config, mesh, backbone
-    self.data = settings_lib.resolve(config)
+    self.data, self.mesh, self.backbone = data, mesh, backbone
     self.spec = self.data.augment_spec  # Normalises the crops on the device.
     self.num_classes = num_classes
 
@@ -48,7 +46,7 @@ class Evaluator:
     """`(features [N, F], labels [N])` of `split`'s test crops, every host."""
     feats, labels = features_lib.extract_features(
         self.backbone, variables,
-        data_lib.make_eval_iterator(self.config, self.mesh, split), self.mesh,
+        data_lib.make_eval_iterator(self.data, self.mesh, split), self.mesh,
         self.spec)
     if self.num_classes is not None and labels.size and (
         labels.min() < 0 or labels.max() >= self.num_classes):
@@ -73,9 +71,9 @@ class Evaluator:
 class Knn(Evaluator):
   """Weighted kNN (k, temperature) of test features among training ones."""
 
-  def __init__(self, config, mesh, backbone, num_classes=None, *, k: int,
+  def __init__(self, data, mesh, backbone, num_classes=None, *, k: int,
                temperature: float):
-    super().__init__(config, mesh, backbone, num_classes)
+    super().__init__(data, mesh, backbone, num_classes)
     self.k, self.temperature = k, temperature
 
   def run(self, variables):
@@ -90,10 +88,10 @@ class Knn(Evaluator):
 class FastLinear(Evaluator):
   """The probe fitted on the fixed features of the training split."""
 
-  def __init__(self, config, mesh, backbone, num_classes, *,
+  def __init__(self, data, mesh, backbone, num_classes, *,
                linear: linear_lib.LinearConfig,
                log: Callable[[dict], None] | None = None):
-    super().__init__(config, mesh, backbone, num_classes)
+    super().__init__(data, mesh, backbone, num_classes)
     self.linear, self.log = linear, log
 
   def run(self, variables):
@@ -117,22 +115,21 @@ class Linear(Evaluator):
   run resumes from the newest checkpoint.
   """
 
-  def __init__(self, config, mesh, backbone, num_classes, *,
+  def __init__(self, data, mesh, backbone, num_classes, *,
                linear: linear_lib.LinearConfig, workdir: str,
                standardize_batches: int, checkpoint_every: int,
                log: Callable[[dict], None] | None = None, log_every: int = 0):
-    super().__init__(config, mesh, backbone, num_classes)
+    super().__init__(data, mesh, backbone, num_classes)
     self.linear, self.workdir, self.log = linear, workdir, log
     self.standardize_batches = standardize_batches
     self.checkpoint_every, self.log_every = checkpoint_every, log_every
     # The head's training batch is an augmented evaluation batch.
-    self.train_config = ml_collections.ConfigDict(config.to_dict())
-    with self.train_config.unlocked():
-      self.train_config.data.eval_batch_size = linear.batch_size
+    self.train_data = dataclasses.replace(data,
+                                          eval_batch_size=linear.batch_size)
 
   def _train_batches(self, epoch: int):
     return data_lib.make_eval_iterator(
-        self.train_config, self.mesh, sources.train_split(self.data),
+        self.train_data, self.mesh, sources.train_split(self.data),
         'linear_train', epoch)
 
   def _feature_dim(self, variables) -> int:

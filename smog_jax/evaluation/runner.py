@@ -70,10 +70,10 @@ def load_feature_source(config: ml_collections.ConfigDict) -> FeatureSource:
     return FeatureSource(features_lib.PixelFeatures(), {}, 0, 'pixels', None)
   if pretrained == 'random':
     module = models.build_backbone(config.model)
-    data = settings_lib.resolve(config)
+    d = config.data
     variables = jax.jit(functools.partial(module.init, train=False))(
         jax.random.key(config.seed),
-        jnp.zeros((1, data.image_size, data.image_size, data.channels)))
+        jnp.zeros((1, d.image_size, d.image_size, d.channels)))
     return FeatureSource(module, jax.device_get(variables), 0, 'random', None)
   loaded = export_lib.load_backbone_info(pretrained)
   return FeatureSource(loaded.module, loaded.variables, loaded.step,
@@ -110,8 +110,8 @@ class MetricsLog:
       self._writer.write(record)
 
 
-def linear_config(config: ml_collections.ConfigDict
-                  ) -> linear_lib.LinearConfig:
+def linear_config(config: ml_collections.ConfigDict,
+                  data: settings_lib.DataSettings) -> linear_lib.LinearConfig:
   """The probe's hyper-parameters: `config.linear` and the batch sizes."""
   lin = config.linear
   return linear_lib.LinearConfig(
@@ -119,21 +119,23 @@ def linear_config(config: ml_collections.ConfigDict
       learning_rate=lin.learning_rate, momentum=lin.momentum,
       weight_decay=lin.weight_decay, standardize=lin.standardize,
       seed=config.seed,
-      eval_batch_size=settings_lib.resolve(config).eval_batch_size)
+      eval_batch_size=data.eval_batch_size)
 
 
-def make_evaluator(config: ml_collections.ConfigDict, workdir: str,
+def make_evaluator(config: ml_collections.ConfigDict,
+                   data: settings_lib.DataSettings, workdir: str,
                    module: nn.Module, mesh: Mesh, log: MetricsLog
                    ) -> evaluators.Evaluator:
-  """The evaluator of `config.mode`."""
-  args = (config, mesh, module, config.num_classes)
+  """The evaluator of `config.mode` on `data` (`config.data` resolved)."""
+  args = (data, mesh, module, config.num_classes)
   if config.mode == 'knn':
     return evaluators.Knn(*args, k=config.knn.k,
                           temperature=config.knn.temperature)
   if config.mode == 'fast':
-    return evaluators.FastLinear(*args, linear=linear_config(config), log=log)
+    return evaluators.FastLinear(*args, linear=linear_config(config, data),
+                                 log=log)
   return evaluators.Linear(
-      *args, linear=linear_config(config), workdir=workdir, log=log,
+      *args, linear=linear_config(config, data), workdir=workdir, log=log,
       log_every=config.log_every_steps,
       checkpoint_every=config.checkpoint_every_epochs,
       standardize_batches=config.linear.standardize_batches)
@@ -160,9 +162,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     tf.io.gfile.makedirs(workdir)
   source = load_feature_source(config)
   config = with_source_preprocessing(config, source)
+  data = settings_lib.resolve(config)  # Once, with the backbone's inputs.
   log = MetricsLog(workdir)
-  results = make_evaluator(config, workdir, source.module, mesh, log).run(
-      source.variables)
+  results = make_evaluator(config, data, workdir, source.module, mesh,
+                           log).run(source.variables)
   results.update({k: 100.0 * results[k] for k in ('top1', 'top5')})
   if config.mode == 'knn':
     results.update(k=config.knn.k, temperature=config.knn.temperature)
