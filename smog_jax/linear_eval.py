@@ -6,7 +6,8 @@ r"""Linear evaluation / kNN of a frozen backbone.
 `--config.mode` is 'linear' (full protocol), 'fast' (features once) or
 'knn'; `--config.pretrained` is a pre-training workdir, an exported backbone,
 'random' or 'pixels'. Multi-host: pass --coordinator_address, --num_processes
-and --process_id, or nothing on a TPU pod or SLURM job (auto-detected). The logic is in smog_jax.evaluation.runner.
+and --process_id, or nothing on a TPU pod or SLURM job (auto-detected). The
+logic is in smog_jax.evaluation.runner.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from smog_jax import distributed
-from smog_jax.main import start_process
+from smog_jax import startup
 
 
 def define_flags() -> None:
@@ -34,7 +35,7 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  start_process()
+  startup.start_process()
   from smog_jax.evaluation import runner  # After distributed init.
   results = runner.run(flags.FLAGS.config, flags.FLAGS.workdir)
   logging.info('Results: %s', results)

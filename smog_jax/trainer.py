@@ -12,22 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import signal
 import time
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
-from clu import metric_writers
 from clu import periodic_actions
 
 from smog_jax import checkpointing
 from smog_jax import data as data_lib
-from smog_jax import jsonl
 from smog_jax import memory_bank
+from smog_jax import metrics as metrics_lib
 from smog_jax import models
 from smog_jax import optim
 from smog_jax import schedules
@@ -36,37 +34,6 @@ from smog_jax import train
 from smog_jax import train_state as train_state_lib
 from smog_jax import validation
 from smog_jax.data import indices
-
-class MetricsWriter:
-  """TensorBoard + log through clu, and metrics.jsonl, on process 0.
-
-  Other processes only log. On resume, metrics.jsonl drops the records past
-  the restored step first (`jsonl.JsonlWriter`), so it holds each step once.
-  """
-
-  def __init__(self, workdir: str, resume_step: int):
-    self._jsonl = None
-    if jax.process_index() != 0:
-      self._clu = metric_writers.create_default_writer(just_logging=True)
-      return
-    self._clu = metric_writers.create_default_writer(workdir,
-                                                     asynchronous=False)
-    self._jsonl = jsonl.JsonlWriter(
-        os.path.join(workdir, jsonl.METRICS_FILE), resume_step)
-
-  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-    self._clu.write_hparams(hparams)
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    self._clu.write_scalars(step, scalars)
-    if self._jsonl is not None:
-      self._jsonl.write({'step': int(step),
-                         **{k: float(v) for k, v in scalars.items()}})
-
-  def close(self) -> None:
-    self._clu.flush()
-    self._clu.close()
-
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -310,7 +277,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   step_fn = train.jit_train_step(network, tx, step_config, mesh, state)
   regroup_fn = memory_bank.jit_regroup(
       config.smog.kmeans_iters, plan.num_train_examples, mesh, state)
-  writer = MetricsWriter(workdir, step)
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=step,
+                                     tensorboard=True)
   if step == 0:
     writer.write_hparams({
         k: v if isinstance(v, (int, float, str, bool)) else str(v)
@@ -345,7 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         scalars['epoch'] = step / plan.steps_per_epoch
         if todo.knn:
           scalars['knn_top1'] = knn_monitor(config, data, state, mesh)
-        writer.write_scalars(step, scalars)
+        writer({'step': step, **{k: float(v) for k, v in scalars.items()}})
         # Evaluation time does not count towards images_per_sec.
         last_log_time, last_log_step = time.time(), step
       if todo.checkpoint:

@@ -1,5 +1,5 @@
-"""`main.start_process` keeps freed host memory for reuse: in place
-(`keep_freed_host_memory`), or by a restart with `main.CPU_MALLOC_TUNABLES`.
+"""`startup.start_process` keeps freed host memory for reuse: in place
+(`keep_freed_host_memory`), or by a restart with `startup.CPU_MALLOC_TUNABLES`.
 
 Each case runs in a fresh interpreter (malloc options are process-wide) and
 reads glibc's `mallinfo2` around a 64 MiB array: with glibc's defaults it is
@@ -12,14 +12,14 @@ import subprocess
 import sys
 
 import cli_runs
-from smog_jax import main
+from smog_jax import startup
 
 _PROBE = """
 import ctypes
 import jax
 import numpy as np
 from absl import flags
-from smog_jax import distributed, main
+from smog_jax import distributed, startup
 
 distributed.define_flags()
 flags.FLAGS(['probe'])
@@ -42,7 +42,7 @@ def allocate_and_free():
   return own_mapping, info.fordblks >= SIZE, info.arena > heap
 
 print(*allocate_and_free())
-main.start_process()  # Not `python -m smog_jax.*`: tuned in place.
+startup.start_process()  # Not `python -m smog_jax.*`: tuned in place.
 print(*allocate_and_free())
 print(*allocate_and_free())
 """
@@ -74,7 +74,7 @@ def test_malloc_settings_of_the_environment_are_left_alone():
 
 def test_the_restart_tunables_keep_freed_buffers():
   # Set at start-up, no mallopt: kept and reused from the first allocation.
-  probes = _probe(GLIBC_TUNABLES=main.CPU_MALLOC_TUNABLES)
+  probes = _probe(GLIBC_TUNABLES=startup.CPU_MALLOC_TUNABLES)
   assert [probe[:2] for probe in probes] == [(False, True)] * 3
   assert probes[2][2] is False
 

@@ -29,12 +29,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import tensorflow as tf
-from absl import logging
 from jax.sharding import Mesh
 
 from smog_jax import checkpointing
 from smog_jax import export as export_lib
 from smog_jax import jsonl
+from smog_jax import metrics as metrics_lib
 from smog_jax import models
 from smog_jax import sharding as sharding_lib
 from smog_jax.data import settings as settings_lib
@@ -93,23 +93,6 @@ def with_source_preprocessing(config: ml_collections.ConfigDict,
   return config
 
 
-class MetricsLog:
-  """Logs each record, and appends it to WORKDIR/metrics.jsonl on process 0.
-
-  Appending (not truncating) keeps the history of a resumed run whole.
-  """
-
-  def __init__(self, workdir: str):
-    path = os.path.join(workdir, jsonl.METRICS_FILE)
-    self._writer = (jsonl.JsonlWriter(path) if jax.process_index() == 0
-                    else None)
-
-  def __call__(self, record: dict[str, Any]) -> None:
-    logging.info('%s', ' '.join(f'{k}={v}' for k, v in record.items()))
-    if self._writer is not None:
-      self._writer.write(record)
-
-
 def linear_config(config: ml_collections.ConfigDict,
                   data: settings_lib.DataSettings) -> linear_lib.LinearConfig:
   """The probe's hyper-parameters: `config.linear` and the batch sizes."""
@@ -124,7 +107,8 @@ def linear_config(config: ml_collections.ConfigDict,
 
 def make_evaluator(config: ml_collections.ConfigDict,
                    data: settings_lib.DataSettings, workdir: str,
-                   module: nn.Module, mesh: Mesh, log: MetricsLog
+                   module: nn.Module, mesh: Mesh,
+                   log: metrics_lib.MetricsWriter
                    ) -> evaluators.Evaluator:
   """The evaluator of `config.mode` on `data` (`config.data` resolved)."""
   args = (data, mesh, module, config.num_classes)
@@ -163,7 +147,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   source = load_feature_source(config)
   config = with_source_preprocessing(config, source)
   data = settings_lib.resolve(config)  # Once, with the backbone's inputs.
-  log = MetricsLog(workdir)
+  # Appended to, never truncated: a resumed evaluation keeps its history.
+  log = metrics_lib.MetricsWriter(workdir)
   results = make_evaluator(config, data, workdir, source.module, mesh,
                            log).run(source.variables)
   results.update({k: 100.0 * results[k] for k in ('top1', 'top5')})

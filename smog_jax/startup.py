@@ -1,0 +1,106 @@
+"""Process start-up of every binary: XLA:CPU's flag, the multi-host runtime,
+glibc's malloc for XLA:CPU's per-step buffers (docs/benchmarks.md).
+
+Each binary's `main` calls `start_process()` first, before JAX creates a
+backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+import jax
+from absl import logging
+
+from smog_jax import distributed
+
+
+# XLA:CPU runs this project's convolutions faster when its YNNPACK fusion
+# does not claim them one by one (docs/benchmarks.md). Only the CPU backend
+# reads it; smog_jax.linear_eval sets it too.
+_CPU_XLA_FLAGS = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
+
+
+def tune_cpu_backend() -> None:
+  """Adds the CPU convolution flag to XLA_FLAGS unless the user set it.
+
+  Must run before JAX creates its first backend (XLA reads the flags then).
+  """
+  current = os.environ.get('XLA_FLAGS', '')
+  if 'xla_cpu_experimental_ynn_fusion_type' not in current:
+    os.environ['XLA_FLAGS'] = f'{current} {_CPU_XLA_FLAGS}'.strip()
+
+
+# glibc's malloc options (malloc.h): M_TRIM_THRESHOLD, M_MMAP_MAX.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+# The same two settings as glibc tunables, plus transparent huge pages for
+# malloc's memory, which only a tunable can ask for; glibc reads tunables
+# when a process starts.
+CPU_MALLOC_TUNABLES = ('glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:'
+                       'glibc.malloc.trim_threshold=2147483647')
+
+
+def _malloc_set_by_environment() -> bool:
+  return any(k.startswith('MALLOC_') or k == 'GLIBC_TUNABLES'
+             for k in os.environ)
+
+
+def keep_freed_host_memory() -> None:
+  """Makes glibc's malloc reuse freed memory (`start_process` decides when).
+
+  XLA:CPU allocates a step's temporary buffers afresh every step; glibc
+  serves large ones with `mmap` and unmaps them on free, so in the training
+  loop each step faulted every page in again and a fifth of the CPU time
+  went to the kernel (docs/benchmarks.md). With `mmap` and heap trimming off,
+  freed buffers stay in malloc's heaps and are reused (except those over the
+  64 MiB of a thread's arena, which glibc always maps). Does nothing where
+  the C library is not glibc.
+  """
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except AttributeError:
+    return
+  mallopt(_M_MMAP_MAX, 0)
+  mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+
+
+def _restartable() -> bool:
+  """Whether this process is a glibc one started as `python -m smog_jax.*`.
+
+  Only then does replaying `sys.orig_argv` start the same program again
+  (not in a notebook, a test runner or a `python -c` snippet).
+  """
+  spec = getattr(sys.modules.get('__main__'), '__spec__', None)
+  try:
+    glibc = os.confstr('CS_GNU_LIBC_VERSION') is not None
+  except (ValueError, OSError):
+    glibc = False
+  return glibc and spec is not None and spec.name.startswith('smog_jax.')
+
+
+def start_process() -> None:
+  """Readies this process for JAX; each binary's `main` calls it first.
+
+  Adds the CPU convolution flag, joins the multi-host runtime, then on the
+  CPU backend sets up glibc's malloc for XLA:CPU's per-step buffers: a
+  single-process run started as `python -m smog_jax.*` restarts itself once
+  (same pid, arguments and environment) with `CPU_MALLOC_TUNABLES`, whose
+  huge pages no running process can switch on; other CPU processes get
+  `keep_freed_host_memory()`. An environment that sets glibc's malloc
+  itself (`GLIBC_TUNABLES`, even empty, or `MALLOC_*_`) is left alone.
+  """
+  tune_cpu_backend()
+  distributed.initialize()
+  if jax.default_backend() != 'cpu' or _malloc_set_by_environment():
+    return
+  if jax.process_count() == 1 and _restartable():
+    logging.info('Restarting with GLIBC_TUNABLES=%s.', CPU_MALLOC_TUNABLES)
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]],
+              dict(os.environ, GLIBC_TUNABLES=CPU_MALLOC_TUNABLES))
+  keep_freed_host_memory()
