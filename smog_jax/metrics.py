@@ -18,11 +18,7 @@ from smog_jax import jsonl
 
 
 class MetricsWriter:
-  """Writes records: `writer({'step': s, 'loss': ...})`.
-
-  Attributes:
-    path: the metrics.jsonl file (written by process 0 only).
-  """
+  """Writes records: `writer({'step': s, 'loss': ...})`."""
 
   def __init__(self, workdir: str, resume_step: int | None = None,
                tensorboard: bool = False):
@@ -36,9 +32,9 @@ class MetricsWriter:
       tensorboard: records are numbers with a `step`, also written to
         TensorBoard (clu's writer, which logs them too).
     """
-    self.path = os.path.join(workdir, jsonl.METRICS_FILE)
+    path = os.path.join(workdir, jsonl.METRICS_FILE)
     lead = jax.process_index() == 0
-    self._jsonl = jsonl.JsonlWriter(self.path, resume_step) if lead else None
+    self._jsonl = jsonl.JsonlWriter(path, resume_step) if lead else None
     self._clu = None
     if tensorboard:
       self._clu = (metric_writers.create_default_writer(

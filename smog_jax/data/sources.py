@@ -223,7 +223,6 @@ def _check_same_as_idx(builder, idx_dir: str) -> None:
           'config.data.data_dir to another folder.')
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Location:
   """Which prepared copy is read, and how a missing one is made."""
