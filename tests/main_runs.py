@@ -116,9 +116,9 @@ def free_port():
 
 
 def start_two_processes(shared, workdir, extra=()):
-  """Two processes of 4 devices each, one run: the 8 devices of the others."""
+  """Two processes of one device each, one run (a 2-device mesh)."""
   address = f'127.0.0.1:{free_port()}'
-  return [start(shared, workdir, devices=4, extra=(
+  return [start(shared, workdir, devices=1, extra=(
       f'--coordinator_address={address}', '--num_processes=2',
       f'--process_id={i}', *extra)) for i in range(2)]
 

@@ -51,8 +51,12 @@ def executed(tmp_path_factory, monkeypatch_module):
       'results=results, losses=losses, classifier_top1=classifier_top1, '
       'step=info.step, cwd=os.getcwd())))'))
   # One CPU device in the kernel: the notebook's own set-up, as on Colab.
-  monkeypatch_module.setenv('XLA_FLAGS',
-                            '--xla_force_host_platform_device_count=1')
+  # One device; the session's XLA flags and compilation cache kept, and the
+  # binaries it starts without the malloc restart.
+  monkeypatch_module.setenv(
+      'XLA_FLAGS', f'{os.environ.get("XLA_FLAGS", "")} '
+      '--xla_force_host_platform_device_count=1')
+  monkeypatch_module.setenv('GLIBC_TUNABLES', '')
   NotebookClient(nb, timeout=600, kernel_name='python3',
                  resources={'metadata': {'path': str(tmp_path)}}).execute()
   return nb
