@@ -57,7 +57,7 @@ class StepConfig:
   def of(cls, smog: ml_collections.ConfigDict, schedules: Schedules,
          augment_spec: augment.AugmentSpec) -> StepConfig:
     """The step's settings: the config's `smog` block, the run's schedules
-    and its augmentation (`smog_jax.data.augment_spec(config)`)."""
+    and its augmentation (`DataSettings.augment_spec`)."""
     return cls(schedules, augment_spec, smog.temperature,
                smog.centroid_gradient)
 
