@@ -7,6 +7,7 @@ the suite writes nothing into the user's `~/tensorflow_datasets`, caches or
 configuration; `pytest_sessionfinish` fails the run if it did anyway.
 """
 
+import fcntl
 import os
 import shutil
 import site
@@ -20,6 +21,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Packages installed with `pip install --user` stay importable.
 os.environ.setdefault('PYTHONUSERBASE', site.getuserbase())
 SANDBOX = tempfile.mkdtemp(prefix='smog_jax_tests_')
+# One folder for the whole session, made by its first process (the xdist
+# controller) and inherited by the workers: they share the compilation cache
+# and the reference run of `smog_jax.main` instead of each making its own.
+_SESSION_FOLDER = 'SMOG_JAX_TESTS_SESSION'
+_OWNS_SESSION_FOLDER = _SESSION_FOLDER not in os.environ
+if _OWNS_SESSION_FOLDER:
+  os.environ[_SESSION_FOLDER] = tempfile.mkdtemp(prefix='smog_jax_session_')
+SESSION = os.environ[_SESSION_FOLDER]
 for _name, _folder in (('HOME', 'home'), ('TFDS_DATA_DIR', 'tfds'),
                        ('XDG_CACHE_HOME', 'cache'),
                        ('XDG_CONFIG_HOME', 'config'),
@@ -40,8 +49,9 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # One persistent compilation cache for the session and every process it
 # starts: a program compiled once is not compiled again by the next run.
+# (JAX reads an entry that another process is still writing as a miss.)
 os.environ.update(
-    JAX_COMPILATION_CACHE_DIR=os.path.join(SANDBOX, 'xla_cache'),
+    JAX_COMPILATION_CACHE_DIR=os.path.join(SESSION, 'xla_cache'),
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
 
@@ -78,6 +88,8 @@ def pytest_sessionfinish(session, exitstatus):
         '\n')
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
   shutil.rmtree(SANDBOX, ignore_errors=True)
+  if _OWNS_SESSION_FOLDER:
+    shutil.rmtree(SESSION, ignore_errors=True)
 
 
 # The longest files first, so that the workers finish together.
@@ -99,10 +111,21 @@ def shared(tmp_path_factory):
 @pytest.fixture(scope='session')
 def uninterrupted(shared):
   """The workdir of the reference run: 8 devices, never stopped, with the
-  kNN monitor at the end (it reads the state, never changes it)."""
+  kNN monitor at the end (it reads the state, never changes it).
+
+  Made once for the session: the first worker to ask runs it, holding a
+  lock that the others wait on; every test only reads or copies it.
+  """
   import main_runs  # pylint: disable=g-import-not-at-top
-  return main_runs.run_to_end(shared, shared['root'] / 'uninterrupted',
-                              extra=('--config.knn_every_epochs=0',))
+  workdir = os.path.join(SESSION, 'main', 'uninterrupted')
+  os.makedirs(os.path.dirname(workdir), exist_ok=True)
+  with open(workdir + '.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not os.path.exists(workdir + '.done'):
+      main_runs.run_to_end(dict(shared, root=os.path.dirname(workdir)),
+                           workdir, extra=('--config.knn_every_epochs=0',))
+      open(workdir + '.done', 'w').close()
+  return workdir
 
 
 @pytest.fixture(scope='session')

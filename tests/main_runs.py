@@ -52,9 +52,13 @@ def environment(devices):
                   f'--xla_force_host_platform_device_count={devices}'))
 
 
+def log_path(workdir):
+  """A run's output, beside its workdir."""
+  return f'{workdir}.log'
+
+
 def start(shared, workdir, devices=8, extra=()):
-  log = open(os.path.join(str(shared['root']),
-                          f'{os.path.basename(str(workdir))}.log'), 'ab')
+  log = open(log_path(workdir), 'ab')
   return subprocess.Popen(command_line(shared, workdir, extra),
                           cwd=str(shared['root']),
                           env=environment(devices), stdout=log,
@@ -63,19 +67,17 @@ def start(shared, workdir, devices=8, extra=()):
 
 def run_to_end(shared, workdir, devices=8, extra=()):
   proc = start(shared, workdir, devices, extra)
-  assert proc.wait(timeout=TIMEOUT) == 0, log_tail(shared, workdir)
+  assert proc.wait(timeout=TIMEOUT) == 0, log_tail(workdir)
   return workdir
 
 
-def read_log(shared, workdir):
-  path = os.path.join(str(shared['root']),
-                      f'{os.path.basename(str(workdir))}.log')
-  with open(path, 'rb') as f:
+def read_log(workdir):
+  with open(log_path(workdir), 'rb') as f:
     return f.read().decode(errors='replace')
 
 
-def log_tail(shared, workdir):
-  return read_log(shared, workdir)[-3000:]
+def log_tail(workdir):
+  return read_log(workdir)[-3000:]
 
 
 def checkpoint_steps(workdir):
@@ -131,17 +133,17 @@ def copy_run(shared, uninterrupted, name):
 
 def run_failing(shared, workdir, extra):
   proc = start(shared, workdir, extra=extra)
-  assert proc.wait(timeout=TIMEOUT) == 1, log_tail(shared, workdir)
-  log = read_log(shared, workdir)
+  assert proc.wait(timeout=TIMEOUT) == 1, log_tail(workdir)
+  log = read_log(workdir)
   assert 'Traceback' not in log
   return log
 
 
-def assert_stopped_as_lost_peer(proc, shared, workdir, times):
+def assert_stopped_as_lost_peer(proc, workdir, times):
   """The survivor ends with status 1 and the sentence (the `times`-th in
   the workdir's log), not with JAX's abort."""
-  assert proc.wait(timeout=120) == 1, log_tail(shared, workdir)  # No hang.
-  log = read_log(shared, workdir)
+  assert proc.wait(timeout=120) == 1, log_tail(workdir)  # No hang.
+  log = read_log(workdir)
   assert log.count(LOST_SENTENCE) == times, log[-3000:]
   assert log.count(RESTART) == times
   assert 'Terminating process because' not in log

@@ -1,6 +1,10 @@
-"""End-to-end runs of `python -m smog_jax.main` that stop: an unreadable
-checkpoint, a changed config, a NaN, a lost or hung process (the runs:
-tests/main_runs.py)."""
+"""End-to-end runs of `python -m smog_jax.main` that stop: a NaN, a lost or
+hung process, an unreadable checkpoint, a changed config (the runs:
+tests/main_runs.py).
+
+The first two need no reference run until their end, so a worker that
+starts with this file trains while another makes the reference run.
+"""
 
 import json
 import os
@@ -9,41 +13,6 @@ import signal
 import jax
 import main_runs as runs
 import numpy as np
-
-
-def test_corrupted_newest_checkpoint_falls_back_to_the_previous(
-    shared, uninterrupted):
-  workdir = runs.copy_run(shared, uninterrupted, 'corrupted')
-  state_dir = os.path.join(str(workdir), 'checkpoints', '8', 'state')
-  for root, _, files in os.walk(state_dir):
-    for name in files:  # Truncate every file of the state to half its size.
-      path = os.path.join(root, name)
-      os.truncate(path, os.path.getsize(path) // 2)
-  runs.run_to_end(shared, workdir)
-  log = runs.read_log(shared, workdir)
-  assert 'Checkpoint 8 in' in log and 'Resumed from step 6' in log
-  assert os.path.isdir(os.path.join(str(workdir), 'checkpoints',
-                                    '8.unreadable'))  # Set aside, kept.
-  _, want = runs.final_state(uninterrupted)
-  _, got = runs.final_state(workdir)  # Steps 7 and 8 again, from step 6.
-  runs.assert_same_state(got, want, rtol=1e-6, atol=1e-7)
-
-
-def test_resume_with_another_config_is_refused_naming_the_fields(
-    shared, uninterrupted):
-  workdir = runs.copy_run(shared, uninterrupted, 'other_config')
-  log = runs.run_failing(shared, workdir, ('--config.smog.num_groups=6',
-                                           '--config.batch_size=8'))
-  assert 'batch_size: 16 -> 8' in log and 'smog.num_groups: 8 -> 6' in log
-  assert 'new --workdir' in log
-  log = runs.run_failing(shared, workdir, ('--config.total_steps=10',))
-  assert 'total_steps: 8 -> 10' in log and 'allow_config_change' in log
-  assert runs.checkpoint_steps(workdir) == [4, 6, 8]  # Nothing written.
-  runs.run_to_end(shared, workdir, extra=('--config.total_steps=10',
-                                          '--config.allow_config_change=True'))
-  assert runs.checkpoint_steps(workdir)[-1] == 10
-  # Resumed at an epoch boundary (step 8): regrouped there first.
-  assert 'Regrouping 2 before step 8.' in runs.read_log(shared, workdir)
 
 
 def test_non_finite_step_stops_and_keeps_the_last_good_checkpoint(shared):
@@ -62,7 +31,7 @@ def test_non_finite_step_stops_and_keeps_the_last_good_checkpoint(shared):
 
 
 def test_hung_then_dead_process_stops_the_other_then_both_resume(
-    shared, uninterrupted):
+    shared, request):
   # Two processes of one device each; the reference run has 8 devices, so
   # the final states agree to the tolerance of a change of device count.
   # Process 1 hangs (SIGSTOP: alive, sockets open, so no collective fails;
@@ -77,16 +46,54 @@ def test_hung_then_dead_process_stops_the_other_then_both_resume(
     try:
       runs.wait_for_checkpoint(procs[0], workdir, checkpoint)
       procs[1].send_signal(stop)
-      runs.assert_stopped_as_lost_peer(procs[0], shared, workdir, times)
+      runs.assert_stopped_as_lost_peer(procs[0], workdir, times)
       if stop == signal.SIGSTOP:
-        assert 'process 1 gave no sign of life for' in runs.read_log(
-            shared, workdir)
+        assert 'process 1 gave no sign of life for' in runs.read_log(workdir)
     finally:
       procs[1].kill()
       procs[1].wait()
     assert runs.checkpoint_steps(workdir)[-1] < runs.TOTAL_STEPS
   for p in runs.start_two_processes(shared, workdir):
-    assert p.wait(timeout=runs.TIMEOUT) == 0, runs.log_tail(shared, workdir)
-  _, want = runs.final_state(uninterrupted)
+    assert p.wait(timeout=runs.TIMEOUT) == 0, runs.log_tail(workdir)
+  _, want = runs.final_state(request.getfixturevalue('uninterrupted'))
   _, got = runs.final_state(workdir)
   runs.assert_same_state(got, want, rtol=2e-4, atol=2e-5)
+
+
+def test_corrupted_newest_checkpoint_falls_back_to_the_previous(
+    shared, uninterrupted):
+  workdir = runs.copy_run(shared, uninterrupted, 'corrupted')
+  state_dir = os.path.join(str(workdir), 'checkpoints', '8', 'state')
+  for root, _, files in os.walk(state_dir):
+    for name in files:  # Truncate every file of the state to half its size.
+      path = os.path.join(root, name)
+      os.truncate(path, os.path.getsize(path) // 2)
+  runs.run_to_end(shared, workdir)
+  log = runs.read_log(workdir)
+  assert 'Checkpoint 8 in' in log and 'Resumed from step 6' in log
+  assert os.path.isdir(os.path.join(str(workdir), 'checkpoints',
+                                    '8.unreadable'))  # Set aside, kept.
+  _, want = runs.final_state(uninterrupted)
+  _, got = runs.final_state(workdir)  # Steps 7 and 8 again, from step 6.
+  runs.assert_same_state(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_resume_with_another_config_is_refused_naming_the_fields(
+    shared, uninterrupted):
+  # Which fields may change, and the two sentences, are tested on every
+  # recipe in tests/test_configs.py; here: the binary stops before writing
+  # anything, and then resumes with allow_config_change.
+  workdir = runs.copy_run(shared, uninterrupted, 'other_config')
+  log = runs.run_failing(shared, workdir, ('--config.smog.num_groups=6',
+                                           '--config.batch_size=8',
+                                           '--config.total_steps=10'))
+  for change in ('batch_size: 16 -> 8', 'smog.num_groups: 8 -> 6',
+                 'total_steps: 8 -> 10'):
+    assert change in log
+  assert 'new --workdir' in log
+  assert runs.checkpoint_steps(workdir) == [4, 6, 8]  # Nothing written.
+  runs.run_to_end(shared, workdir, extra=('--config.total_steps=10',
+                                          '--config.allow_config_change=True'))
+  assert runs.checkpoint_steps(workdir)[-1] == 10
+  # Resumed at an epoch boundary (step 8): regrouped there first.
+  assert 'Regrouping 2 before step 8.' in runs.read_log(workdir)

@@ -120,12 +120,14 @@ def _dataset(source: DataSource, rows: int, batches: Callable,
   ds = tf.data.Dataset.from_generator(batches, output_signature=(
       *(tf.TensorSpec([rows], t) for t in dtypes), image_spec,
       tf.TensorSpec([rows], tf.int32)))
-  # One example in flight per core; tf.data's autotuning is off: with one
-  # map stage it has nothing to balance, and its model thread could hold a
-  # deleted iterator (the end of every run) for up to a minute
+  # `per_example` is plain tensor code (its branches test Python values):
+  # AutoGraph's source rewrite would only add start-up time to every
+  # iterator. One example in flight per core; tf.data's autotuning is off:
+  # with one map stage it has nothing to balance, and its model thread could
+  # hold a deleted iterator (the end of every run) for up to a minute
   # (docs/benchmarks.md).
-  ds = ds.unbatch().map(per_example, num_parallel_calls=_host_cores(),
-                        deterministic=True)
+  ds = ds.unbatch().map(tf.autograph.experimental.do_not_convert(per_example),
+                        num_parallel_calls=_host_cores(), deterministic=True)
   ds = ds.batch(rows, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = True  # Element order must not follow thread timing.
