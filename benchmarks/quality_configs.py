@@ -22,16 +22,23 @@ def _load(name: str, variant: str):
 # The reference's blur sigma (0.1-2.0 px at 224 px) relative to the side.
 _REF_RELATIVE_SIGMA = (0.1 * 28 / 224, 2.0 * 28 / 224)
 
+
+
+def _pipelines(a: dict, b: dict | None = None) -> dict:
+  """Changes of the records of pipelines A and B (B: as A's if None)."""
+  return dict(pipeline_a=a, pipeline_b=a if b is None else b)
+
+
 _PRETRAIN = {
-    'blur_ref_relative': dict(blur_sigma=_REF_RELATIVE_SIGMA),
-    'no_blur': dict(blur_prob=(0.0, 0.0)),
+    'blur_ref_relative': _pipelines(dict(blur_sigma=_REF_RELATIVE_SIGMA)),
+    'no_blur': _pipelines(dict(blur_prob=0.0)),
     # Large-crop scales (the default's blur is already the relative one).
     'crop_0.4': dict(large_scale=(0.4, 1.0)),
     'crop_0.6': dict(large_scale=(0.6, 1.0)),
     'crop_0.08': dict(large_scale=(0.08, 1.0)),
     # Solarize (the reference's 0 / 0.2 in the two pipelines).
-    'no_solarize': dict(solarize_prob=(0.0, 0.0)),
-    'solarize_both': dict(solarize_prob=(0.2, 0.2)),
+    'no_solarize': _pipelines(dict(solarize_prob=0.0)),
+    'solarize_both': _pipelines(dict(solarize_prob=0.2)),
 }
 _LINEAR = {
     'scale_0.5': dict(linear_scale=(0.5, 1.0)),

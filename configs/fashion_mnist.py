@@ -42,7 +42,8 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   # (docs/quality.md).
   config.data.large_crop_size = 20
   # The reference's blur, 0.1-2.0 px at 224 px, relative to the 28 px side.
-  config.data.blur_sigma = (0.1 * 28 / 224, 2.0 * 28 / 224)
+  for pipeline in (config.data.pipeline_a, config.data.pipeline_b):
+    pipeline.blur_sigma = (0.1 * 28 / 224, 2.0 * 28 / 224)
 
   # The stride-2 stem: at equal steps as good as the 28 px first stage it
   # replaces, for a fraction of the work, so more epochs fit. float32: on

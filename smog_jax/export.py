@@ -38,6 +38,7 @@ from etils import epath
 
 from smog_jax import checkpointing
 from smog_jax import models
+from smog_jax import startup
 from smog_jax.data import settings as data_settings
 
 EXPORT_FORMAT = 'smog_jax.backbone.v1'
@@ -180,6 +181,7 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  startup.start_process(multi_host=False)
   export_backbone(flags.FLAGS.workdir, flags.FLAGS.output)
 
 

@@ -41,6 +41,7 @@ from PIL import Image
 from smog_jax import checkpointing
 from smog_jax import grouping
 from smog_jax import jsonl
+from smog_jax import startup
 from smog_jax import data as data_lib
 from smog_jax.data import sources
 
@@ -528,6 +529,7 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  startup.start_process(multi_host=False)
   f = flags.FLAGS
   print(write_report(f.workdir, f.output, head=f.head,
                      num_groups_shown=f.num_groups_shown,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 
 import jax
 from absl import logging
@@ -37,8 +36,10 @@ def tune_cpu_backend() -> None:
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 # The same two settings as glibc tunables, plus transparent huge pages for
-# malloc's memory, which only a tunable can ask for; glibc reads tunables
-# when a process starts.
+# malloc's memory, which only a tunable can ask for (glibc reads tunables
+# when a process starts, so a running process cannot switch them on): for a
+# CPU run, `GLIBC_TUNABLES=<this> python -m smog_jax.main ...`
+# (docs/benchmarks.md).
 CPU_MALLOC_TUNABLES = ('glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:'
                        'glibc.malloc.trim_threshold=2147483647')
 
@@ -48,7 +49,7 @@ def _malloc_set_by_environment() -> bool:
              for k in os.environ)
 
 
-def keep_freed_host_memory() -> None:
+def keep_freed_host_memory() -> bool:
   """Makes glibc's malloc reuse freed memory (`start_process` decides when).
 
   XLA:CPU allocates a step's temporary buffers afresh every step; glibc
@@ -56,51 +57,35 @@ def keep_freed_host_memory() -> None:
   loop each step faulted every page in again and a fifth of the CPU time
   went to the kernel (docs/benchmarks.md). With `mmap` and heap trimming off,
   freed buffers stay in malloc's heaps and are reused (except those over the
-  64 MiB of a thread's arena, which glibc always maps). Does nothing where
-  the C library is not glibc.
+  64 MiB of a thread's arena, which glibc always maps).
+
+  Returns:
+    Whether it did: False where the C library is not glibc.
   """
   try:
     mallopt = ctypes.CDLL(None).mallopt
   except AttributeError:
-    return
+    return False
   mallopt(_M_MMAP_MAX, 0)
   mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+  return True
 
 
-def _restartable() -> bool:
-  """Whether this process is a glibc one started as `python -m smog_jax.*`.
-
-  Only then does replaying `sys.orig_argv` start the same program again
-  (not in a notebook, a test runner or a `python -c` snippet).
-  """
-  spec = getattr(sys.modules.get('__main__'), '__spec__', None)
-  try:
-    glibc = os.confstr('CS_GNU_LIBC_VERSION') is not None
-  except (ValueError, OSError):
-    glibc = False
-  return glibc and spec is not None and spec.name.startswith('smog_jax.')
-
-
-def start_process() -> None:
+def start_process(multi_host: bool = True) -> None:
   """Readies this process for JAX; each binary's `main` calls it first.
 
-  Adds the CPU convolution flag, joins the multi-host runtime, then on the
-  CPU backend sets up glibc's malloc for XLA:CPU's per-step buffers: a
-  single-process run started as `python -m smog_jax.*` restarts itself once
-  (same pid, arguments and environment) with `CPU_MALLOC_TUNABLES`, whose
-  huge pages no running process can switch on; other CPU processes get
-  `keep_freed_host_memory()`. An environment that sets glibc's malloc
-  itself (`GLIBC_TUNABLES`, even empty, or `MALLOC_*_`) is left alone.
+  Adds the CPU convolution flag, joins the multi-host runtime if
+  `multi_host` (the binary defines `distributed.define_flags()`), then on
+  the CPU backend sets glibc's malloc up for XLA:CPU's per-step buffers, in
+  this process (`keep_freed_host_memory`), unless the environment sets
+  glibc's malloc itself (`GLIBC_TUNABLES`, even empty, or `MALLOC_*_`; e.g.
+  `CPU_MALLOC_TUNABLES`, which adds huge pages).
   """
   tune_cpu_backend()
-  distributed.initialize()
+  if multi_host:
+    distributed.initialize()
   if jax.default_backend() != 'cpu' or _malloc_set_by_environment():
     return
-  if jax.process_count() == 1 and _restartable():
-    logging.info('Restarting with GLIBC_TUNABLES=%s.', CPU_MALLOC_TUNABLES)
-    logging.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]],
-              dict(os.environ, GLIBC_TUNABLES=CPU_MALLOC_TUNABLES))
-  keep_freed_host_memory()
+  if keep_freed_host_memory():
+    logging.info('glibc malloc keeps freed memory for reuse; for huge pages '
+                 'too, start with GLIBC_TUNABLES=%s', CPU_MALLOC_TUNABLES)

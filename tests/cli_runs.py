@@ -18,16 +18,12 @@ def environment(**overrides) -> dict[str, str]:
   return env
 
 
-def run_main(tmp_path, *flags: str, restart: bool = False,
+def run_main(tmp_path, *flags: str,
              **env_overrides: str) -> subprocess.CompletedProcess:
   """`python -m smog_jax.main` on the `:tiny` config with `flags`, finished.
 
   The workdir is `tmp_path/run`; stdout and stderr are captured as text.
-  The run restarts itself with malloc tunables only if `restart` (the
-  tests of that restart); the others save the second start-up.
   """
-  if not restart:
-    env_overrides.setdefault('GLIBC_TUNABLES', '')
   return subprocess.run(
       [sys.executable, '-m', 'smog_jax.main', '--config',
        os.path.join(REPO, 'configs', 'fashion_mnist.py:tiny'),

@@ -45,10 +45,10 @@ def command_line(shared, workdir, extra=()):
 
 def environment(devices):
   """The session's environment (its XLA flags and compilation cache) with
-  `devices` fake devices, without the malloc restart, running this
-  checkout's code (not an installed copy)."""
+  `devices` fake devices, running this checkout's code (not an installed
+  copy)."""
   return dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-              GLIBC_TUNABLES='', PYTHONPATH=REPO, XLA_FLAGS=(
+              PYTHONPATH=REPO, XLA_FLAGS=(
                   f'{os.environ.get("XLA_FLAGS", "")} '
                   f'--xla_force_host_platform_device_count={devices}'))
 

@@ -1,5 +1,6 @@
-"""`startup.start_process` keeps freed host memory for reuse: in place
-(`keep_freed_host_memory`), or by a restart with `startup.CPU_MALLOC_TUNABLES`.
+"""`startup.start_process` keeps freed host memory for reuse, in place
+(`keep_freed_host_memory`); `startup.CPU_MALLOC_TUNABLES`, the documented
+environment line, does the same from the process's start.
 
 Each case runs in a fresh interpreter (malloc options are process-wide) and
 reads glibc's `mallinfo2` around a 64 MiB array: with glibc's defaults it is
@@ -42,7 +43,7 @@ def allocate_and_free():
   return own_mapping, info.fordblks >= SIZE, info.arena > heap
 
 print(*allocate_and_free())
-startup.start_process()  # Not `python -m smog_jax.*`: tuned in place.
+startup.start_process()
 print(*allocate_and_free())
 print(*allocate_and_free())
 """
@@ -72,7 +73,7 @@ def test_malloc_settings_of_the_environment_are_left_alone():
   assert own_mapping_and_kept == [(True, False)] * 3
 
 
-def test_the_restart_tunables_keep_freed_buffers():
+def test_the_documented_tunables_keep_freed_buffers():
   # Set at start-up, no mallopt: kept and reused from the first allocation.
   probes = _probe(GLIBC_TUNABLES=startup.CPU_MALLOC_TUNABLES)
   assert [probe[:2] for probe in probes] == [(False, True)] * 3
@@ -84,19 +85,19 @@ def _run_main(tmp_path, **env_overrides):
   proc = cli_runs.run_main(
       tmp_path, '--config.smog.temperature=-1',
       f'--config.data.fashion_mnist_idx_dir={cli_runs.FIXTURE}',
-      restart=True, **env_overrides)
+      **env_overrides)
   assert proc.returncode == 1, proc.stderr[-2000:]
   return proc.stderr
 
 
-def test_a_cpu_run_restarts_once_with_the_tunables(tmp_path):
+def test_a_cpu_run_tunes_malloc_in_its_own_process(tmp_path):
+  # No restart: the process a debugger or profiler starts is the program.
   stderr = _run_main(tmp_path)
-  assert stderr.count('Restarting with GLIBC_TUNABLES=') == 1, stderr[-2000:]
-  # The restarted process ran the program: its one-sentence error.
+  assert stderr.count('glibc malloc keeps freed memory for reuse') == 1
   assert stderr.count('smog_jax.main: config.smog.temperature') == 1
 
 
-def test_a_run_whose_environment_sets_malloc_is_not_restarted(tmp_path):
-  stderr = _run_main(tmp_path, GLIBC_TUNABLES='')
-  assert 'Restarting' not in stderr
+def test_a_run_whose_environment_sets_malloc_is_left_alone(tmp_path):
+  stderr = _run_main(tmp_path, GLIBC_TUNABLES=startup.CPU_MALLOC_TUNABLES)
+  assert 'glibc malloc keeps' not in stderr
   assert stderr.count('smog_jax.main: config.smog.temperature') == 1

@@ -50,13 +50,11 @@ def executed(tmp_path_factory, monkeypatch_module):
       f'print({RESULT_MARKER!r} + json.dumps(dict(records=records, '
       'results=results, losses=losses, classifier_top1=classifier_top1, '
       'step=info.step, cwd=os.getcwd())))'))
-  # One CPU device in the kernel: the notebook's own set-up, as on Colab.
-  # One device; the session's XLA flags and compilation cache kept, and the
-  # binaries it starts without the malloc restart.
+  # One CPU device in the kernel, as on Colab; the session's XLA flags and
+  # compilation cache kept.
   monkeypatch_module.setenv(
       'XLA_FLAGS', f'{os.environ.get("XLA_FLAGS", "")} '
       '--xla_force_host_platform_device_count=1')
-  monkeypatch_module.setenv('GLIBC_TUNABLES', '')
   NotebookClient(nb, timeout=600, kernel_name='python3',
                  resources={'metadata': {'path': str(tmp_path)}}).execute()
   return nb

@@ -14,6 +14,9 @@ import eval_fixtures
 from smog_jax import checkpointing, export, report
 
 
+FLAT_COLOUR_FIELDS = ('brightness', 'contrast', 'saturation', 'hue',
+                      'jitter_prob', 'grayscale_prob', 'blur_prob',
+                      'blur_sigma', 'solarize_prob')
 ADDED_MODEL_FIELDS = ('remat', 'zero_init_residual', 'kernel_init',
                       'matmul_small_maps')
 
@@ -22,8 +25,9 @@ ADDED_MODEL_FIELDS = ('remat', 'zero_init_residual', 'kernel_init',
 def earlier_workdir(tmp_path_factory):
   """(today's `:tiny` config as configs built then: 28 px crops, zero-
   initialised residual BN; a workdir whose checkpoint saved it as before
-  `data.large_crop_size` and the later ResNet fields and after
-  `data.shuffle_buffer` existed; the saved state)."""
+  `data.large_crop_size`, the pipelines' records (flat colour fields, the
+  blur and solarize probabilities as (A, B) pairs) and the later ResNet
+  fields, and after `data.shuffle_buffer` existed; the saved state)."""
   config = eval_fixtures.use_fixture(
       eval_fixtures.load_config('fashion_mnist', 'tiny'),
       str(tmp_path_factory.mktemp('data')))
@@ -32,6 +36,14 @@ def earlier_workdir(tmp_path_factory):
   saved = config.to_dict()
   del saved['data']['large_crop_size']
   saved['data']['shuffle_buffer'] = 10_000
+  a, b = saved['data'].pop('pipeline_a'), saved['data'].pop('pipeline_b')
+  assert a.keys() == b.keys() == set(FLAT_COLOUR_FIELDS)
+  for name in FLAT_COLOUR_FIELDS:
+    if name in ('blur_prob', 'solarize_prob'):
+      saved['data'][name] = [a[name], b[name]]
+    else:
+      assert a[name] == b[name]
+      saved['data'][name] = a[name]
   for name in ADDED_MODEL_FIELDS:
     del saved['model'][name]
   workdir = str(tmp_path_factory.mktemp('earlier'))
@@ -47,6 +59,7 @@ def test_its_config_is_read_with_todays_data_fields(earlier_workdir):
   data = run.config.data
   assert data.large_crop_size == data.image_size == 28  # What it trained at.
   assert 'shuffle_buffer' not in data
+  assert data.pipeline_b.solarize_prob == 0.2  # The B of the saved pair.
   assert data.to_dict() == config.data.to_dict()
   flat = lambda c: checkpointing.flatten(c.to_dict())  # Tuples as JSON's lists.
   assert flat(run.config.model) == flat(config.model)

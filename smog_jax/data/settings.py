@@ -37,14 +37,35 @@ _PRESETS = {
         eval_crop_fraction=224 / 256),
 }
 DATASETS = tuple(_PRESETS)
+# The records of augmentation pipelines A and B (`augment.ColourParams`).
+PIPELINES = ('pipeline_a', 'pipeline_b')
 # Fields that configs saved by earlier versions may still carry, and the
 # fields they lack, each with the field whose value those versions used.
+# (Those versions also kept the colour fields flat, `blur_prob` and
+# `solarize_prob` as (A, B) pairs: `upgrade_saved` makes the two records.)
 RETIRED_FIELDS = ('random_access', 'shuffle_buffer')
 ADDED_FIELDS = {'large_crop_size': 'image_size'}
 # Fields that never change what a run computes: a resumed run may always
 # change them (smog_jax.recipes).
 OPERATIONAL_FIELDS = ('data_dir', 'fashion_mnist_idx_dir', 'download',
                       'prefetch', 'eval_batch_size')
+
+
+def _colour(blur_prob: float, solarize_prob: float
+            ) -> ml_collections.ConfigDict:
+  """One pipeline's record (the fields of `augment.ColourParams`)."""
+  return ml_collections.ConfigDict(dict(
+      # Colour jitter with probability jitter_prob (factors in 1 +- x; hue
+      # in turns), then grey, blur and solarize, each with its probability.
+      brightness=0.4,
+      contrast=0.4,
+      saturation=0.2,
+      hue=0.1,
+      jitter_prob=0.8,
+      grayscale_prob=0.2,
+      blur_prob=blur_prob,
+      blur_sigma=[0.1, 2.0],  # Pixels of the crop.
+      solarize_prob=solarize_prob))
 
 
 def default_data_config(dataset: str = 'fashion_mnist'
@@ -84,17 +105,10 @@ def default_data_config(dataset: str = 'fashion_mnist'
       small_scale=[0.05, 0.2],
       linear_scale=[0.08, 1.0],  # The linear probe's training crops.
       aspect_ratio=[3 / 4, 4 / 3],
-      # Colour jitter (probability jitter_prob), grey, blur, solarize; the
-      # (A, B) pairs are the two augmentation pipelines' probabilities.
-      brightness=0.4,
-      contrast=0.4,
-      saturation=0.2,
-      hue=0.1,
-      jitter_prob=0.8,
-      grayscale_prob=0.2,
-      blur_prob=[1.0, 0.1],
-      blur_sigma=[0.1, 2.0],  # Pixels of the crop.
-      solarize_prob=[0.0, 0.2],
+      # The photometric augmentation of pipelines A and B, on the device:
+      # the reference's, which differ only in blur and solarization.
+      pipeline_a=_colour(blur_prob=1.0, solarize_prob=0.0),
+      pipeline_b=_colour(blur_prob=0.1, solarize_prob=0.2),
       flip_prob=0.5,
       antialias=False,  # PIL-like antialiased resize of training crops.
       # Per channel; one value is broadcast, RGB values of a grey output
@@ -122,14 +136,21 @@ def upgrade_saved(data: ml_collections.ConfigDict) -> None:
     for name, used in ADDED_FIELDS.items():
       if name not in data:
         data[name] = data[used]
+    if PIPELINES[0] not in data:
+      for i, pipeline in enumerate(PIPELINES):
+        data[pipeline] = ml_collections.ConfigDict({
+            name: data[name][i] if name in _PAIRED else data[name]
+            for name in _COLOUR})
+      for name in _COLOUR:
+        del data[name]
 
 
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
   """`config.data` as read by `resolve`, with `batch_size` and `seed`.
 
-  The fields are those of `default_data_config` (the colour fields make
-  `augment_spec`); lists become tuples, `mean`/`std` have `channels`
+  The fields are those of `default_data_config` (the pipelines' records
+  make `augment_spec`); lists become tuples, `mean`/`std` have `channels`
   values and `eval_batch_size` is set.
   """
 
@@ -159,15 +180,16 @@ class DataSettings:
   prefetch: int
   batch_size: int
   seed: int
-  augment_spec: augment.AugmentSpec  # From the colour fields.
+  augment_spec: augment.AugmentSpec  # From the pipelines' records.
 
 
-# Colour fields (`augment.ColourParams`); these two are (A, B) pairs.
+# The fields of a pipeline's record; earlier versions' flat fields held
+# these two as (A, B) pairs.
 _COLOUR = tuple(f.name for f in dataclasses.fields(augment.ColourParams))
-_PER_PIPELINE = ('blur_prob', 'solarize_prob')
+_PAIRED = ('blur_prob', 'solarize_prob')
 _HOST = tuple(f.name for f in dataclasses.fields(DataSettings)
               if f.name not in ('batch_size', 'seed', 'augment_spec'))
-_FIELDS = _HOST + _COLOUR
+_FIELDS = _HOST + PIPELINES
 
 
 def _per_channel(values, channels: int, name: str) -> tuple[float, ...]:
@@ -182,17 +204,23 @@ def _per_channel(values, channels: int, name: str) -> tuple[float, ...]:
                    f'{channels} channels: give 1 or {channels}.')
 
 
-def resolve(config: ml_collections.ConfigDict) -> DataSettings:
-  """Reads `config.data`, `config.batch_size` and `config.seed`."""
-  data = config.data
-  unknown = sorted(set(data.keys()) - set(_FIELDS))
-  missing = [name for name in _FIELDS if name not in data]
+def _fields(record: ml_collections.ConfigDict, names: tuple[str, ...],
+            where: str) -> dict:
+  """`names` of `record` (lists as tuples); unknown or missing ones raise."""
+  unknown = sorted(set(record.keys()) - set(names))
+  missing = [name for name in names if name not in record]
   if unknown or missing:
     raise ValueError(
-        f'config.data has unknown fields {unknown} and lacks {missing}: '
+        f'{where} has unknown fields {unknown} and lacks {missing}: '
         'build it with smog_jax.data.default_data_config(dataset).')
-  fields = {name: tuple(data[name]) if isinstance(data[name], (list, tuple))
-            else data[name] for name in _FIELDS}
+  return {name: tuple(record[name])
+          if isinstance(record[name], (list, tuple)) else record[name]
+          for name in names}
+
+
+def resolve(config: ml_collections.ConfigDict) -> DataSettings:
+  """Reads `config.data`, `config.batch_size` and `config.seed`."""
+  fields = _fields(config.data, _FIELDS, 'config.data')
   if fields['channels'] not in (1, 3):
     raise ValueError(f'config.data.channels must be 1 or 3, got '
                      f'{fields["channels"]}.')
@@ -200,9 +228,8 @@ def resolve(config: ml_collections.ConfigDict) -> DataSettings:
     fields[name] = _per_channel(fields[name], fields['channels'], name)
   if fields['eval_batch_size'] is None:
     fields['eval_batch_size'] = config.batch_size
-  pipelines = tuple(augment.ColourParams(**{
-      name: fields[name][i] if name in _PER_PIPELINE else fields[name]
-      for name in _COLOUR}) for i in range(2))
+  pipelines = tuple(augment.ColourParams(**_fields(
+      fields[name], _COLOUR, f'config.data.{name}')) for name in PIPELINES)
   spec = augment.AugmentSpec(pipelines=pipelines, mean=fields['mean'],
                              std=fields['std'], channels=fields['channels'],
                              seed=config.seed)
