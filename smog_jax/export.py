@@ -140,17 +140,27 @@ def load_backbone(path: str) -> tuple[nn.Module, dict[str, Any]]:
   return loaded.module, loaded.variables
 
 
-def export_backbone(workdir: str, output: str) -> str:
-  """Writes the online backbone of `workdir`'s newest checkpoint to `output`.
+def write_export(output: str, model_config: ml_collections.ConfigDict,
+                 preprocessing: dict[str, Any], variables: dict[str, Any],
+                 step: int, source: str) -> str:
+  """Writes a backbone export directory (the format `load_backbone` reads).
 
   Every process must call it (orbax saves collectively); only process 0
   writes `backbone.json`.
 
+  Args:
+    output: the directory to write; its `variables/` must not exist.
+    model_config: the backbone's `config.model`.
+    preprocessing: dataset, image_size, channels, mean, std,
+      eval_crop_fraction (`preprocessing_from_config`).
+    variables: `{'params', 'batch_stats'}` of the backbone.
+    step: the training step the weights come from.
+    source: where they come from (a workdir, a converted file).
+
   Returns:
-    `output`.
+    `output`, absolute.
   """
   output = checkpointing.absolute(os.fspath(output))
-  config, variables, step = checkpointing.load_pretrained(workdir)
   variables_dir = os.path.join(output, VARIABLES_SUBDIR)
   if epath.Path(variables_dir).exists():
     raise FileExistsError(f'{variables_dir!r} exists; choose a new --output.')
@@ -160,11 +170,25 @@ def export_backbone(workdir: str, output: str) -> str:
   checkpointer.save(variables_dir, jax.tree.map(np.asarray, variables))
   checkpointer.wait_until_finished()
   if jax.process_index() == 0:
-    desc = dict(format=EXPORT_FORMAT, model=config.model.to_dict(),
-                preprocessing=preprocessing_from_config(config), step=step,
-                source=checkpointing.absolute(os.fspath(workdir)))
+    desc = dict(format=EXPORT_FORMAT, model=model_config.to_dict(),
+                preprocessing=preprocessing, step=step, source=source)
     (epath.Path(output) / DESCRIPTION_FILE).write_text(
         json.dumps(desc, indent=2, sort_keys=True))
+  return output
+
+
+def export_backbone(workdir: str, output: str) -> str:
+  """Writes the online backbone of `workdir`'s newest checkpoint to `output`.
+
+  Every process must call it (orbax saves collectively).
+
+  Returns:
+    `output`.
+  """
+  config, variables, step = checkpointing.load_pretrained(workdir)
+  output = write_export(output, config.model,
+                        preprocessing_from_config(config), variables, step,
+                        checkpointing.absolute(os.fspath(workdir)))
   logging.info('Exported the backbone of %s (step %d) to %s', workdir, step,
                output)
   return output
