@@ -42,7 +42,7 @@ BACKBONES = {
         dict(backbone='resnet50', width=1.0, stem='imagenet',
              projection_dim=128, head_activation='relu',
              zero_init_residual=False, kernel_init='he_fan_out_normal',
-             matmul_small_maps=True, **_HEADS),
+             matmul_small_maps=True, padding='symmetric', **_HEADS),
         dict(name='lars', start_lr=0.01, peak_lr=4.8, end_lr=0.0048,
              warmup_epochs=10, weight_decay=1e-6, momentum=0.9,
              trust_coefficient=0.001, exclude_1d_from_decay=False,
@@ -52,7 +52,8 @@ BACKBONES = {
              head_activation='gelu', **_HEADS), _ADAMW),
     'vit_s16': (
         dict(backbone='vit_s16', pooling='cls', base_image_size=224,
-             drop_path_rate=0.1, projection_dim=256, head_activation='gelu',
+             layer_norm_epsilon=1e-6, drop_path_rate=0.1, projection_dim=256,
+             head_activation='gelu',
              **_HEADS), _ADAMW),
 }
 # --smoke: the same code path at CPU size (shrunken backbones, 32 / 16 px).

@@ -32,6 +32,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
                    'imagenet_swin_t.py'))
   config.model = ml_collections.ConfigDict(dict(
       backbone=f'vit_{variant or "s16"}', pooling='cls', base_image_size=224,
+      layer_norm_epsilon=1e-6,
       drop_path_rate=0.1, projector_hidden_dim=2048,
       predictor_hidden_dim=2048, projection_dim=256, head_activation='gelu',
       dtype='bfloat16', bn_momentum=0.9, remat=False))

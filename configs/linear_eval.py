@@ -41,9 +41,11 @@ from smog_jax.data import default_data_config
 _TRANSFORMERS = {
     'imagenet2012_swin_t': dict(backbone='swin_t'),
     'imagenet2012_vit_s16': dict(backbone='vit_s16', pooling='cls',
-                                 base_image_size=224),
+                                 base_image_size=224,
+                                 layer_norm_epsilon=1e-6),
     'imagenet2012_vit_b16': dict(backbone='vit_b16', pooling='cls',
-                                 base_image_size=224),
+                                 base_image_size=224,
+                                 layer_norm_epsilon=1e-6),
 }
 _VARIANTS = ('imagenet2012', *_TRANSFORMERS, 'cifar10', 'cifar100',
              'fashion_mnist', 'fashion_mnist_tiny')
@@ -54,7 +56,8 @@ def _model(backbone: str, stem: str, width: float = 1.0, **kwargs
   return ml_collections.ConfigDict(dict(
       backbone=backbone, width=width, stem=stem, dtype='float32',
       bn_momentum=0.9, remat=False, zero_init_residual=False,
-      kernel_init='he_fan_out_normal', matmul_small_maps=True, **kwargs))
+      kernel_init='he_fan_out_normal', matmul_small_maps=True,
+      padding='symmetric', **kwargs))
 
 
 def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:

@@ -19,7 +19,8 @@ def _model_config(backbone, **fields):
              projector_hidden_dim=16, predictor_hidden_dim=16,
              projection_dim=fx.DIM, head_activation='gelu', bn_momentum=0.9,
              width=1.0, stem='imagenet', zero_init_residual=False,
-             kernel_init='he_fan_out_normal', matmul_small_maps=True)
+             kernel_init='he_fan_out_normal', matmul_small_maps=True,
+             padding='symmetric', layer_norm_epsilon=1e-6)
   cfg.update(fields)
   return ml_collections.ConfigDict(cfg)
 

@@ -65,14 +65,23 @@ def test_stride2_stem_halves_the_resolution_of_every_stage():
   inter = state['intermediates']
   stem = inter['conv_init']['__call__'][0]
   assert stem.shape == (2, 14, 14, 4)
-  # SAME padding of a 3x3 stride-2 convolution of 28 px: one row and column
-  # of zeros after the image, windows starting at even pixels.
+  # PyTorch's padding of a 3x3 stride-2 convolution of 28 px: one row and
+  # column of zeros on each side, windows centred on even pixels.
   kernel = np.asarray(variables['params']['conv_init']['kernel'])[..., 0, :]
-  padded = np.pad(x[..., 0], ((0, 0), (0, 1), (0, 1)))
+  padded = np.pad(x[..., 0], ((0, 0), (1, 1), (1, 1)))
   windows = np.stack([padded[:, a:a + 27:2, b:b + 27:2]
                       for a in range(3) for b in range(3)], -1)
   np.testing.assert_allclose(stem, windows @ kernel.reshape(9, 4), rtol=1e-5,
                              atol=1e-5)
+  # XLA's SAME, the runs saved before: one row and column after the image.
+  same = net.clone(padding='same').apply(variables, x, train=False,
+                                         capture_intermediates=True)[1]
+  padded = np.pad(x[..., 0], ((0, 0), (0, 1), (0, 1)))
+  windows = np.stack([padded[:, a:a + 27:2, b:b + 27:2]
+                      for a in range(3) for b in range(3)], -1)
+  np.testing.assert_allclose(
+      same['intermediates']['conv_init']['__call__'][0],
+      windows @ kernel.reshape(9, 4), rtol=1e-5, atol=1e-5)
   # Stages at 14, 7 and 4 px (the CIFAR stem would give 28, 14, 7).
   sides = [inter[f'BasicBlock_{k}']['__call__'][0].shape[1] for k in range(3)]
   assert sides == [14, 7, 4]

@@ -11,20 +11,20 @@ import numpy as np
 import pytest
 
 import eval_fixtures
-from smog_jax import checkpointing, export, report
+from smog_jax import checkpointing, export, models, report
 
 
 FLAT_COLOUR_FIELDS = ('brightness', 'contrast', 'saturation', 'hue',
                       'jitter_prob', 'grayscale_prob', 'blur_prob',
                       'blur_sigma', 'solarize_prob')
 ADDED_MODEL_FIELDS = ('remat', 'zero_init_residual', 'kernel_init',
-                      'matmul_small_maps')
+                      'matmul_small_maps', 'padding')
 
 
 @pytest.fixture(scope='module')
 def earlier_workdir(tmp_path_factory):
   """(today's `:tiny` config as configs built then: 28 px crops, zero-
-  initialised residual BN; a workdir whose checkpoint saved it as before
+  initialised residual BN, XLA's SAME padding; a workdir whose checkpoint saved it as before
   `data.large_crop_size`, the pipelines' records (flat colour fields, the
   blur and solarize probabilities as (A, B) pairs) and the later ResNet
   fields, and after `data.shuffle_buffer` existed; the saved state)."""
@@ -33,6 +33,7 @@ def earlier_workdir(tmp_path_factory):
       str(tmp_path_factory.mktemp('data')))
   config.data.large_crop_size = config.data.image_size
   config.model.zero_init_residual = True
+  config.model.padding = 'same'
   saved = config.to_dict()
   del saved['data']['large_crop_size']
   saved['data']['shuffle_buffer'] = 10_000
@@ -98,3 +99,13 @@ def test_it_resumes_unless_the_crops_changed(earlier_workdir):
     with pytest.raises(checkpointing.CheckpointError,
                        match=r'data\.large_crop_size: 28 -> 24'):
       checkpointing.restore_latest(manager, abstract, config)
+
+
+def test_an_earlier_vit_keeps_its_layer_norm_epsilon():
+  saved = ml_collections.ConfigDict(dict(
+      backbone='vit', patch_size=4, embed_dim=8, depth=1, num_heads=2,
+      pooling='cls', base_image_size=8, drop_path_rate=0.0, remat=False,
+      dtype='float32'))
+  models.upgrade_saved(saved)
+  assert saved.layer_norm_epsilon == 1e-5  # What it trained with.
+  assert models.build_backbone(saved).layer_norm_epsilon == 1e-5

@@ -28,6 +28,10 @@
     'torch_default'.
   matmul_small_maps: ResNet, convolutions onto maps of at most 2x2 as one
     matmul (the same parameters and outputs, much faster on XLA:CPU).
+  padding: ResNet, 'symmetric' (PyTorch's, so torchvision weights compute
+    torchvision's features) or 'same' (XLA's, the runs before 2026-12-06).
+  layer_norm_epsilon: ViT, 1e-6 as torchvision and timm (1e-5 before
+    2026-12-06; Swin's is PyTorch's 1e-5, fixed).
 Every config sets the fields its backbone reads (`required_fields`; the
 config owns the defaults); configs saved before a field existed are brought
 to today's fields by `upgrade_saved`.
@@ -54,16 +58,22 @@ from smog_jax.models.vit import VIT_SIZES, VisionTransformer
 HEAD_FIELDS = ('projector_hidden_dim', 'predictor_hidden_dim',
                'projection_dim', 'head_activation', 'dtype', 'bn_momentum')
 RESNET_FIELDS = ('width', 'stem', 'remat', 'zero_init_residual',
-                 'kernel_init', 'matmul_small_maps')
+                 'kernel_init', 'matmul_small_maps', 'padding')
 # ResNet fields added after the first version, with what the versions before
 # each built, so that their checkpoints and exports build unchanged.
 ADDED_RESNET_FIELDS = dict(remat=False, zero_init_residual=True,
                            kernel_init='he_fan_out_normal',
-                           matmul_small_maps=True)
+                           matmul_small_maps=True, padding='same')
+# The same for ViT fields.
+ADDED_VIT_FIELDS = dict(layer_norm_epsilon=1e-5)
 
 
 def _is_resnet(cfg: ml_collections.ConfigDict) -> bool:
   return cfg.backbone.startswith('resnet')
+
+
+def _is_vit(cfg: ml_collections.ConfigDict) -> bool:
+  return cfg.backbone.startswith('vit')
 
 
 def required_fields(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -78,13 +88,14 @@ def required_fields(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
 def upgrade_saved(cfg: ml_collections.ConfigDict) -> None:
   """Brings a `config.model` saved by an earlier version to today's fields.
 
-  In place: a ResNet field added since takes the value that version built.
+  In place: a field added since takes the value that version built.
   """
-  if _is_resnet(cfg):
-    with cfg.unlocked():
-      for name, used in ADDED_RESNET_FIELDS.items():
-        if name not in cfg:
-          cfg[name] = used
+  added = (ADDED_RESNET_FIELDS if _is_resnet(cfg) else
+           ADDED_VIT_FIELDS if _is_vit(cfg) else {})
+  with cfg.unlocked():
+    for name, used in added.items():
+      if name not in cfg:
+        cfg[name] = used
 
 
 def _resnet_kwargs(cfg: ml_collections.ConfigDict) -> dict:
@@ -92,7 +103,7 @@ def _resnet_kwargs(cfg: ml_collections.ConfigDict) -> dict:
               bn_momentum=cfg.bn_momentum, remat=cfg.remat,
               zero_init_residual=cfg.zero_init_residual,
               kernel_init=cfg.kernel_init,
-              matmul_small_maps=cfg.matmul_small_maps)
+              matmul_small_maps=cfg.matmul_small_maps, padding=cfg.padding)
 
 
 def _resnet_factory(depth: int) -> Callable[[ml_collections.ConfigDict],
@@ -122,7 +133,8 @@ def _vit(cfg: ml_collections.ConfigDict, **size) -> nn.Module:
   size = size or dict(patch_size=cfg.patch_size, embed_dim=cfg.embed_dim,
                       depth=cfg.depth, num_heads=cfg.num_heads)
   return VisionTransformer(pooling=cfg.pooling,
-                           base_image_size=cfg.base_image_size, **size,
+                           base_image_size=cfg.base_image_size,
+                           layer_norm_epsilon=cfg.layer_norm_epsilon, **size,
                            **_transformer_kwargs(cfg))
 
 

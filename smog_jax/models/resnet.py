@@ -6,6 +6,13 @@ Three stems: `imagenet` (7x7/2 conv + 3x3/2 max-pool) for 224 px inputs,
 layer's channel count (ResNet-50w2 is `width=2`; small CPU configs use e.g.
 `width=0.5`).
 
+Padding is PyTorch's by default (`padding='symmetric'`: k // 2 zeros on both
+sides of a k x k convolution, the max-pool's -inf border likewise), so that
+torchvision-layout weights compute torchvision's features; XLA's 'SAME' pads
+an even-sized map by (0, 1) before a stride-2 window, which shifts the
+sampling grid by a pixel at every downsampling (`padding='same'`, what runs
+saved before 2026-12-06 trained with).
+
 BatchNorm has no `axis_name`: the train step is compiled with `jax.jit` over
 global arrays, so the batch mean and variance are already over the whole global
 batch (synchronised BN) wherever the batch is sharded.
@@ -95,6 +102,18 @@ def small_map_conv(lhs, rhs, window_strides, padding, *, lhs_dilation=None,
   return out.reshape(lhs.shape[0], *out_hw, rhs.shape[-1])
 
 
+PADDINGS = ('symmetric', 'same')
+
+
+def _padded_conv(mode: str, features: int, kernel_size: Sequence[int],
+                 strides: Sequence[int] = (1, 1), **kwargs) -> nn.Conv:
+  """`nn.Conv` padded as `mode` (`PADDINGS`) says, unless given `padding`."""
+  if 'padding' not in kwargs:
+    kwargs['padding'] = ([(k // 2, k // 2) for k in kernel_size]
+                         if mode == 'symmetric' else 'SAME')
+  return nn.Conv(features, kernel_size, strides, **kwargs)
+
+
 def _last_scale_init(zero: bool) -> Callable[..., jax.Array]:
   """Scale init of a block's last BN: zeros start the block as identity."""
   return nn.initializers.zeros if zero else nn.initializers.ones
@@ -170,6 +189,7 @@ class ResNet(nn.Module):
     kernel_init: a key of `KERNEL_INITS`.
     matmul_small_maps: run convolutions onto maps of at most 2x2 as one
       matmul (`small_map_conv`; the same parameters and outputs).
+    padding: 'symmetric' (PyTorch's) or 'same' (XLA's; see above).
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -181,6 +201,7 @@ class ResNet(nn.Module):
   zero_init_residual: bool = True
   kernel_init: str = 'he_fan_out_normal'
   matmul_small_maps: bool = True
+  padding: str = 'symmetric'
 
   @property
   def num_features(self) -> int:
@@ -192,8 +213,11 @@ class ResNet(nn.Module):
     if self.kernel_init not in KERNEL_INITS:
       raise ValueError(f'Unknown kernel_init {self.kernel_init!r}; use one of '
                        f'{sorted(KERNEL_INITS)}.')
+    if self.padding not in PADDINGS:
+      raise ValueError(f'Unknown ResNet padding {self.padding!r}; use one of '
+                       f'{PADDINGS}.')
     conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype,
+        _padded_conv, self.padding, use_bias=False, dtype=self.dtype,
         kernel_init=KERNEL_INITS[self.kernel_init],
         conv_general_dilated=small_map_conv if self.matmul_small_maps else None)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
@@ -205,7 +229,8 @@ class ResNet(nn.Module):
       x = conv(base, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
                name='conv_init')(x)
       x = nn.relu(norm(name='bn_init')(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=(
+          ((1, 1), (1, 1)) if self.padding == 'symmetric' else 'SAME'))
     elif self.stem in ('cifar', 'cifar_stride2'):
       stem_strides = (2, 2) if self.stem == 'cifar_stride2' else (1, 1)
       x = conv(base, (3, 3), stem_strides, name='conv_init')(x)

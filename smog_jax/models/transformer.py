@@ -31,8 +31,10 @@ NO_WEIGHT_DECAY = (POSITION_EMBEDDING, CLASS_TOKEN, RELATIVE_POSITION_TABLE)
 trunc_normal = nn.initializers.truncated_normal(0.02)
 
 
-def layer_norm(dtype: Any, name: str | None = None) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=1e-5, dtype=dtype, name=name)
+def layer_norm(dtype: Any, name: str | None = None,
+               epsilon: float = 1e-5) -> nn.LayerNorm:
+  """LayerNorm; 1e-5 is PyTorch's (and Swin's) epsilon, ViT's is 1e-6."""
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, name=name)
 
 
 def dense(features: int, dtype: Any, use_bias: bool = True,

@@ -26,13 +26,14 @@ class EncoderBlock(nn.Module):
   mlp_ratio: float
   drop_path: float
   dtype: Any
+  layer_norm_epsilon: float
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = tfm.SelfAttention(self.num_heads, self.dtype)(tfm.layer_norm(
-        self.dtype)(x))
+    norm = lambda: tfm.layer_norm(self.dtype, epsilon=self.layer_norm_epsilon)
+    y = tfm.SelfAttention(self.num_heads, self.dtype)(norm()(x))
     x = x + tfm.DropPath(self.drop_path)(y)
-    y = tfm.MLP(self.mlp_ratio, self.dtype)(tfm.layer_norm(self.dtype)(x))
+    y = tfm.MLP(self.mlp_ratio, self.dtype)(norm()(x))
     return x + tfm.DropPath(self.drop_path)(y)
 
 
@@ -50,6 +51,8 @@ class VisionTransformer(nn.Module):
     drop_path_rate: stochastic depth of the last block.
     remat: rematerialise each block in the backward pass.
     dtype: computation dtype (parameters stay float32).
+    layer_norm_epsilon: of every LayerNorm; 1e-6 as the original ViT,
+      torchvision and timm (1e-5 before 2026-12-06).
   """
   patch_size: int = 16
   embed_dim: int = 384
@@ -61,6 +64,7 @@ class VisionTransformer(nn.Module):
   drop_path_rate: float = 0.0
   remat: bool = False
   dtype: Any = jnp.float32
+  layer_norm_epsilon: float = 1e-6
 
   @property
   def num_features(self) -> int:
@@ -91,8 +95,9 @@ class VisionTransformer(nn.Module):
     for i, rate in enumerate(tfm.drop_path_rates(self.drop_path_rate,
                                                  self.depth)):
       tokens = block(self.num_heads, self.mlp_ratio, rate, self.dtype,
-                     name=f'block{i}')(tokens)
-    tokens = tfm.layer_norm(self.dtype, name='norm')(tokens)
+                     self.layer_norm_epsilon, name=f'block{i}')(tokens)
+    tokens = tfm.layer_norm(self.dtype, name='norm',
+                            epsilon=self.layer_norm_epsilon)(tokens)
     features = tokens[:, 0] if self.pooling == 'cls' else jnp.mean(
         tokens[:, 1:], axis=1)
     return features.astype(jnp.float32)
