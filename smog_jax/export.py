@@ -14,6 +14,9 @@ Usage:
 In a downstream Flax model:
   backbone, variables = smog_jax.export.load_backbone(OUT)  # or a workdir
   features = backbone.apply(variables, images, train=False)  # [B, F]
+In a Flax NNX model (`model.train()` / `model.eval()` set its BN mode):
+  backbone = smog_jax.export.load_nnx_backbone(OUT)  # an nnx.Module
+  features = backbone(images)  # [B, backbone.num_features]
 Images must be preprocessed as `backbone.json` says (scale to [0, 1], then
 subtract `mean` and divide by `std` per channel, channel-last).
 """
@@ -26,6 +29,8 @@ import os
 from typing import Any, Sequence
 
 import flax.linen as nn
+from flax import nnx
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -138,6 +143,128 @@ def load_backbone(path: str) -> tuple[nn.Module, dict[str, Any]]:
   """
   loaded = load_backbone_info(path)
   return loaded.module, loaded.variables
+
+
+class NNXBackbone(nnx.Module):
+  """A pre-trained backbone as a Flax NNX module (see `load_nnx_backbone`).
+
+  The linen backbone runs inside `flax.nnx.bridge.ToNNX` (`self.linen`):
+  its weights are `nnx.Param`s and its BatchNorm running statistics
+  `nnx.BatchStat`s, under their linen names
+  (e.g. `self.linen.BasicBlock_0['Conv_0']['kernel']`), so `nnx.Optimizer(...,
+  wrt=nnx.Param)` trains the weights and never the statistics.
+
+  Call: `backbone(images, train=None) -> [B, num_features]`, `images`
+  preprocessed as `backbone.json` says. `train=None` follows the NNX mode,
+  eval when loaded:
+    * eval (`model.eval()`, `nnx.view(model, use_running_average=True,
+      deterministic=True)`): BatchNorm normalises with the running
+      statistics, no drop path; the linen `apply(..., train=False)`.
+    * train (`model.train()`): BatchNorm normalises with the batch's
+      statistics and updates the running ones (momentum
+      `config.model.bn_momentum`), the linen `apply(..., train=True,
+      mutable=['batch_stats'])`; ViT / Swin drop path at the pre-training
+      `drop_path_rate` if the module was given `rngs`.
+  `train=True` or `False` sets both for one call.
+
+  Attributes:
+    linen: the `ToNNX`-wrapped linen backbone.
+    num_features: F, the size of the features.
+    use_running_average: BatchNorm mode, as in `nnx.BatchNorm`.
+    deterministic: no drop path, as in `nnx.Dropout`.
+  """
+
+  def __init__(self, module: nn.Module, variables: dict[str, Any],
+               image_shape: Sequence[int], *, rngs: nnx.Rngs | None = None):
+    """Wraps `module` holding `variables`.
+
+    Args:
+      module: the linen backbone, `__call__(images, train)`.
+      variables: its `{'params', 'batch_stats'}`.
+      image_shape: `(height, width, channels)` of an input image; only the
+        variables' structure is derived from it (no initialisation runs).
+      rngs: its `dropout` stream (or `default`) drives drop path in train
+        mode; None: none.
+    """
+    sample = jnp.zeros((1, *image_shape), jnp.float32)
+
+    def wrapped_with_features():
+      linen = nnx.bridge.ToNNX(module).lazy_init(
+          sample, train=False, rngs=jax.random.key(0))
+      return linen, linen(sample, train=False)
+
+    linen, features = nnx.eval_shape(wrapped_with_features)
+    weights = {}
+    for collection in variables.values():
+      weights.update(traverse_util.flatten_dict(dict(collection)))
+    expected = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(linen)))
+    if weights.keys() != expected.keys():
+      name = lambda keys: sorted('/'.join(map(str, k)) for k in keys)
+      raise ValueError(
+          f'The variables do not fit {type(module).__name__}: missing '
+          f'{name(expected.keys() - weights.keys())}, unexpected '
+          f'{name(weights.keys() - expected.keys())}.')
+    nnx.update(linen, traverse_util.unflatten_dict(jax.device_put(weights)))
+    self.linen = linen
+    self.num_features = int(features.shape[-1])
+    self.use_running_average = True
+    self.deterministic = True
+    self.dropout_rngs = (nnx.data(None) if rngs is None
+                         else rngs['dropout'].fork())
+
+  def __call__(self, images: jax.Array, train: bool | None = None
+               ) -> jax.Array:
+    batch_statistics = not self.use_running_average if train is None else train
+    drop_path = not self.deterministic if train is None else train
+    rngs = None
+    if drop_path and self.dropout_rngs is not None:
+      rngs = nnx.Rngs(dropout=self.dropout_rngs())
+    if batch_statistics:
+      return self.linen(images, train=True, rngs=rngs,
+                        mutable=['batch_stats'])
+    return self.linen(images, train=False, rngs=rngs)
+
+  def set_view(self, use_running_average: bool | None = None,
+               deterministic: bool | None = None):
+    """For `nnx.view`: sets the BatchNorm and the drop path mode."""
+    if use_running_average is not None:
+      self.use_running_average = use_running_average
+    if deterministic is not None:
+      self.deterministic = deterministic
+
+
+def load_nnx_backbone(path: str, rngs: nnx.Rngs | None = None
+                      ) -> NNXBackbone:
+  """The online backbone at `path` as a Flax NNX module, in eval mode.
+
+  Embed it in your own `nnx.Module` and fine-tune it with `nnx.Optimizer`:
+
+    class Classifier(nnx.Module):
+      def __init__(self, backbone, num_classes, rngs):
+        self.backbone = backbone
+        self.head = nnx.Linear(backbone.num_features, num_classes, rngs=rngs)
+      def __call__(self, images):
+        return self.head(self.backbone(images))
+
+  `model.train()` fine-tunes the BatchNorm statistics too, `model.train();
+  model.backbone.eval()` keeps them; `nnx.Optimizer(model, tx,
+  wrt=nnx.All(nnx.Param, nnx.PathContains('head')))` trains the head alone
+  (see docs/evaluation.md).
+
+  Args:
+    path: a `smog_jax.main` workdir (its newest checkpoint) or a directory
+      written by `export_backbone`.
+    rngs: for drop path in train mode (ViT / Swin); None: none.
+
+  Returns:
+    The `NNXBackbone`: `backbone(images, train=None)` gives `[B,
+    backbone.num_features]` features.
+  """
+  loaded = load_backbone_info(path)
+  size = loaded.preprocessing['image_size']
+  return NNXBackbone(loaded.module, loaded.variables,
+                     (size, size, loaded.preprocessing['channels']),
+                     rngs=rngs)
 
 
 def write_export(output: str, model_config: ml_collections.ConfigDict,

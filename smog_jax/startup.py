@@ -18,7 +18,7 @@ from smog_jax import distributed
 
 # XLA:CPU runs this project's convolutions faster when its YNNPACK fusion
 # does not claim them one by one (docs/benchmarks.md). Only the CPU backend
-# reads it; smog_jax.linear_eval sets it too.
+# reads it.
 _CPU_XLA_FLAGS = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 
 

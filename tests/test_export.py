@@ -24,7 +24,8 @@ def _pretrained(pretrain):
   return workdir, config.model, state
 
 
-def _images(n=6, seed=0):
+def grey_images(n=6, seed=0):
+  """`n` random `:tiny`-sized grey images (also used by test_export_nnx)."""
   return np.random.default_rng(seed).normal(
       size=(n, IMAGE_SIZE, IMAGE_SIZE, 1)).astype(np.float32)
 
@@ -40,8 +41,8 @@ def test_load_from_workdir_is_the_online_backbone(pretrained):
   workdir, model_config, state = pretrained
   module, variables = export.load_backbone(workdir)
   np.testing.assert_allclose(
-      module.apply(variables, _images(), train=False),
-      _original_features(model_config, state, _images()), rtol=1e-6,
+      module.apply(variables, grey_images(), train=False),
+      _original_features(model_config, state, grey_images()), rtol=1e-6,
       atol=1e-6)
 
 
@@ -61,8 +62,8 @@ def test_export_round_trip(pretrained, tmp_path):
               'batch_stats': state.batch_stats['backbone']}
   jax.tree.map(np.testing.assert_array_equal, info.variables, original)
   np.testing.assert_allclose(
-      info.module.apply(info.variables, _images(), train=False),
-      _original_features(model_config, state, _images()), rtol=1e-6,
+      info.module.apply(info.variables, grey_images(), train=False),
+      _original_features(model_config, state, grey_images()), rtol=1e-6,
       atol=1e-6)
   with pytest.raises(FileExistsError):
     export.export_backbone(workdir, out)
@@ -83,7 +84,7 @@ def test_downstream_classifier_trains_one_step(pretrained, tmp_path):
   out = export.export_backbone(workdir, str(tmp_path / 'exported'))
   backbone, loaded = export.load_backbone(out)
   model = Classifier(backbone, num_classes=3)
-  images, labels = _images(4), jnp.array([0, 1, 2, 1])
+  images, labels = grey_images(4), jnp.array([0, 1, 2, 1])
   variables = model.init(jax.random.key(1), images)
   # Graft the pre-trained weights under the backbone's name.
   params = dict(variables['params'], backbone=loaded['params'])
