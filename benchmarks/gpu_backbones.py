@@ -49,12 +49,13 @@ BACKBONES = {
              grad_clip_norm=0.0)),
     'swin_t': (
         dict(backbone='swin_t', drop_path_rate=0.2, projection_dim=256,
-             head_activation='gelu', **_HEADS), _ADAMW),
+             head_activation='gelu', head_gelu_approximate=False, **_HEADS),
+        _ADAMW),
     'vit_s16': (
         dict(backbone='vit_s16', pooling='cls', base_image_size=224,
              layer_norm_epsilon=1e-6, drop_path_rate=0.1, projection_dim=256,
-             head_activation='gelu',
-             **_HEADS), _ADAMW),
+             head_activation='gelu', head_gelu_approximate=False, **_HEADS),
+        _ADAMW),
 }
 # --smoke: the same code path at CPU size (shrunken backbones, 32 / 16 px).
 SMOKE = {

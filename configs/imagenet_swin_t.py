@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       backbone='swin_t', drop_path_rate=0.2, projector_hidden_dim=2048,
       predictor_hidden_dim=2048, projection_dim=256, head_activation='gelu',
+      head_gelu_approximate=False,
       dtype='bfloat16', bn_momentum=0.9, remat=False))
 
   config.optimizer = ml_collections.ConfigDict(dict(

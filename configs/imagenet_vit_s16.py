@@ -35,5 +35,6 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       layer_norm_epsilon=1e-6,
       drop_path_rate=0.1, projector_hidden_dim=2048,
       predictor_hidden_dim=2048, projection_dim=256, head_activation='gelu',
+      head_gelu_approximate=False,
       dtype='bfloat16', bn_momentum=0.9, remat=False))
   return config

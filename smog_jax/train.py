@@ -141,25 +141,36 @@ def train_step(
       DROPOUT_RNG: random_streams.dropout_key(state.rng, step, resolution)}
 
   def loss_fn(params):
-    # Online branch. BatchNorm normalises each resolution over its own crops
-    # (the large crops together, the small crops together): an approximation
-    # of the reference, which pools statistics over all crops of a branch.
-    # Running statistics follow the large crops, the resolution features are
-    # evaluated at.
-    large_out, online_vars = network.apply(
-        {'params': params, 'batch_stats': state.batch_stats},
-        _merge_crops(views['online_large']), train=True,
-        mutable=['batch_stats'], rngs=dropout(0))
-    predictions = [_split_crops(large_out['prediction'], num_large)]
+    # Online branch, as the reference's multi-crop: the backbone runs once
+    # per resolution (its BatchNorm over that resolution's crops; running
+    # statistics follow the large crops, the resolution features are
+    # evaluated at), the projector and predictor once over every crop's
+    # features (their BatchNorm statistics pool large and small crops).
+    variables = {'params': params, 'batch_stats': state.batch_stats}
+    large, backbone_vars = network.apply(
+        variables, _merge_crops(views['online_large']), train=True,
+        method='features', mutable=['batch_stats'], rngs=dropout(0))
+    features = [large.reshape(-1, num_large, large.shape[-1])]
     if num_small:
-      small_out, _ = network.apply(
-          {'params': params, 'batch_stats': state.batch_stats},
-          _merge_crops(views['online_small']), train=True,
-          mutable=['batch_stats'], rngs=dropout(1))
-      predictions.append(_split_crops(small_out['prediction'], num_small))
-    p = grouping.l2_normalize(jnp.concatenate(predictions, axis=0))  # [V,B,D]
+      small, _ = network.apply(
+          variables, _merge_crops(views['online_small']), train=True,
+          method='features', mutable=['batch_stats'], rngs=dropout(1))
+      features.append(small.reshape(-1, num_small, small.shape[-1]))
+    # Example-major [B * V, F], so the concatenation moves no data between
+    # devices.
+    out, head_vars = network.apply(
+        variables, _merge_crops(jnp.concatenate(features, axis=1)),
+        train=True, method='heads', mutable=['batch_stats'])
+    # The backbone's statistics (ResNets) from the large crops, the heads'
+    # from all crops.
+    batch_stats = {
+        name: (backbone_vars if name == 'backbone' else head_vars)[
+            'batch_stats'][name] for name in state.batch_stats}
+    num_views = num_large + num_small
+    p = grouping.l2_normalize(
+        _split_crops(out['prediction'], num_views))  # [V, B, D]
     z_large = grouping.l2_normalize(
-        _split_crops(large_out['projection'], num_large))  # [nL, B, D]
+        _split_crops(out['projection'], num_views)[:num_large])  # [nL,B,D]
 
     # 2. Synchronous momentum grouping from online large crop h mod nL,
     #    assigned to the old centroids; reductions over the global batch.
@@ -177,7 +188,7 @@ def train_step(
     head_losses = jax.vmap(
         lambda c, y: grouping.group_contrastive_loss(
             p[:, None], c, y[None], config.temperature))(new_centroids, targets)
-    aux = dict(batch_stats=online_vars['batch_stats'],
+    aux = dict(batch_stats=batch_stats,
                centroids=jax.lax.stop_gradient(new_centroids),
                update_assignments=update_assignments,
                z_large=jax.lax.stop_gradient(z_large), p=p)

@@ -1,6 +1,7 @@
 """A tiny SMoG network, optimiser, state and batch shared by the step tests."""
 
 import dataclasses
+import math
 
 import jax
 import ml_collections
@@ -80,3 +81,31 @@ def batch(batch_size=16, seed=0, num_examples=None):
               index=rng.permutation(num_examples)[:batch_size].astype(np.int32),
               epoch=np.full(batch_size, seed % 3, np.int32),
               label=np.zeros(batch_size, np.int32))
+
+
+def gelu_exact(x: np.ndarray) -> np.ndarray:
+  """PyTorch's `nn.GELU()`: x Phi(x), by `math.erf`."""
+  return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+  """The tanh approximation of GELU (Flax's `nn.gelu` default)."""
+  inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)
+  return 0.5 * x * (1.0 + np.tanh(inner))
+
+
+def predictor_output(model_config, seed=0):
+  """(the predictor of `build_network(model_config)` on random inputs in
+  evaluation mode, its NumPy re-derivation as a function of the activation).
+  """
+  head = models.build_network(model_config).predictor
+  x = np.random.default_rng(seed).normal(0.0, 3.0, (8, DIM)).astype(np.float32)
+  variables = head.init(jax.random.PRNGKey(seed), x, train=False)
+  p = jax.tree.map(np.float64, variables['params'])
+  stats = jax.tree.map(np.float64, variables['batch_stats']['BatchNorm_0'])
+  h = x @ p['Dense_0']['kernel'] + p['Dense_0']['bias']
+  h = (h - stats['mean']) / np.sqrt(stats['var'] + 1e-5)
+  h = h * p['BatchNorm_0']['scale'] + p['BatchNorm_0']['bias']
+  out = p['Dense_1']
+  re_derived = lambda act: act(h) @ out['kernel'] + out['bias']
+  return np.asarray(head.apply(variables, x, train=False)), re_derived

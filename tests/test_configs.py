@@ -108,3 +108,48 @@ def test_a_resume_with_another_length_needs_allow_config_change(
   with pytest.raises(checkpointing.CheckpointError,
                      match=r'\(seed: 0 -> 1\); use a new'):
     checkpointing.check_resumable_config(saved, config, 'DIR')
+
+
+# The spec's linear protocol (../shared/SMOG_SPEC.md, "Reference recipe
+# (ImageNet-1k)"), copied by hand:
+# | linear eval | 100 epochs, SGD m 0.9, lr 0.3, cosine, wd 1e-6; train: RRC
+#   224 + flip; test: resize 256, centre crop 224 | lr 0.1, wd 0, 150 epochs |
+# The second column is Swin-T's (its other fields are the first column's).
+# The spec has no ViT row: the ViTs run the transformer (Swin-T) protocol.
+# Batch 256 is not in the table: issue 30's figure, the reference's.
+_RESNET_PROTOCOL = dict(epochs=100, momentum=0.9, learning_rate=0.3,
+                        weight_decay=1e-6)
+_SWIN_PROTOCOL = dict(_RESNET_PROTOCOL, learning_rate=0.1, weight_decay=0.0,
+                      epochs=150)
+
+
+@pytest.mark.parametrize('variant,backbone,width,protocol', [
+    ('imagenet2012', 'resnet50', 1.0, _RESNET_PROTOCOL),
+    ('imagenet2012_w2', 'resnet50', 2.0, _RESNET_PROTOCOL),
+    ('imagenet2012_swin_t', 'swin_t', None, _SWIN_PROTOCOL),
+    ('imagenet2012_vit_s16', 'vit_s16', None, _SWIN_PROTOCOL),
+    ('imagenet2012_vit_b16', 'vit_b16', None, _SWIN_PROTOCOL)])
+def test_imagenet_linear_eval_is_the_specs_protocol(variant, backbone, width,
+                                                    protocol):
+  c = _load('linear_eval', variant)
+  assert c.model.backbone == backbone
+  if width is not None:
+    assert c.model.width == width
+  # The head: SGD (momentum) with cosine decay (smog_jax.evaluation.linear
+  # has no other optimiser), on augmented crops every epoch, raw features.
+  assert c.mode == 'linear' and c.linear.standardize is False
+  assert {k: c.linear[k] for k in protocol} == protocol
+  assert c.batch_size == 256 and c.num_classes == 1000
+  d = c.data
+  assert d.dataset == 'imagenet2012' and d.image_size == 224
+  # RRC 224 (torchvision's defaults: scale 0.08-1, ratio 3/4-4/3) + flip.
+  assert tuple(d.linear_scale) == (0.08, 1.0)
+  assert tuple(d.aspect_ratio) == (3 / 4, 4 / 3) and d.flip_prob == 0.5
+  # Resize 256, centre crop 224: the centre 224/256 of the short side.
+  assert d.eval_crop_fraction == 224 / 256
+
+
+def test_small_dataset_probes_keep_standardised_features():
+  for variant in ('cifar10', 'cifar100', 'fashion_mnist',
+                  'fashion_mnist_tiny'):
+    assert _load('linear_eval', variant).linear.standardize is True, variant

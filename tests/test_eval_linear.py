@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import optax
+import pytest
 
 from smog_jax import sharding
 from smog_jax.evaluation import linear
@@ -55,3 +56,49 @@ def test_masked_rows_do_not_count():
                              rtol=1e-5)
   assert metrics['count'] == 2
   assert metrics['train_top1'] == np.mean(logits.argmax(1) == y[:2])
+
+
+def _one_sgd_step(x, y, params, num_classes, lr, wd):
+  """NumPy: one SGD step (first step: no momentum history) of the head."""
+  w, b = (np.asarray(params['Dense_0'][k], np.float64)
+          for k in ('kernel', 'bias'))
+  logits = x @ w + b
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  dlogits = (p - np.eye(num_classes)[y]) / len(y)
+  return w - lr * (x.T @ dlogits + wd * w), b - lr * (dlogits.sum(0) + wd * b)
+
+
+@pytest.mark.parametrize('standardize', [False, True])
+def test_unstandardised_probe_trains_on_the_raw_features(standardize):
+  """`standardize=False` (the ImageNet variants): the head's input is the
+  features themselves, through the loop `fit_linear` runs."""
+  rng = np.random.default_rng(0)
+  centres = 3.0 * rng.normal(size=(3, 8))
+  x, y = _blobs(rng, 64, centres)  # Off-centre and scaled: not standard.
+  cfg = linear.LinearConfig(epochs=1, batch_size=64, learning_rate=0.3,
+                            momentum=0.9, weight_decay=1e-3,
+                            standardize=standardize, seed=2,
+                            eval_batch_size=64)
+  state = linear.fit_linear(x, y, 3, cfg, sharding.make_mesh())
+  assert int(state.step) == 1  # One full batch: one step.
+  init = linear.LinearHead(3).init(jax.random.key(cfg.seed),
+                                   np.zeros((1, 8), np.float32))['params']
+  want_w, want_b = _one_sgd_step(x.astype(np.float64), y, init, 3,
+                                 cfg.learning_rate, cfg.weight_decay)
+  head = state.params['Dense_0']
+  raw = (np.allclose(head['kernel'], want_w, rtol=1e-4, atol=1e-6) and
+         np.allclose(head['bias'], want_b, rtol=1e-4, atol=1e-6))
+  assert raw == (not standardize)  # The check tells the two apart.
+  if not standardize:
+    np.testing.assert_array_equal(state.mean, 0.0)
+    np.testing.assert_array_equal(state.std, 1.0)
+    features = jax.numpy.asarray(x)
+    logits = linear.probe_logits(state.params, state.mean, state.std,
+                                 features)
+    # The head on the features as they are, bit for bit, and in NumPy.
+    np.testing.assert_array_equal(logits, linear.LinearHead(3).apply(
+        {'params': state.params}, features))
+    np.testing.assert_allclose(
+        logits, x.astype(np.float64) @ np.asarray(head['kernel'], np.float64)
+        + np.asarray(head['bias']), rtol=1e-5, atol=1e-5)

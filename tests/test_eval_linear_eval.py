@@ -7,6 +7,7 @@ import os
 import shutil
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import eval_fixtures
@@ -128,3 +129,34 @@ def test_full_linear_mode_resumes_identically(pretrain, data_dir, tmp_path):
   assert [m['epoch'] for m in metrics if 'epoch' in m] == [1, 2, 2]
   step_logs = [m for m in metrics if 'loss' in m and 'epoch' not in m]
   assert step_logs and all(np.isfinite(m['loss']) for m in step_logs)
+
+
+def _saved_statistics(workdir):
+  """The newest checkpoint's feature mean and std."""
+  manager = checkpointing.make_manager(workdir, item_names=('state',))
+  state = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))['state']
+  manager.close()
+  return np.asarray(state['mean']), np.asarray(state['std'])
+
+
+def test_linear_mode_resume_keeps_the_checkpoints_statistics(
+    pretrain, data_dir, tmp_path):
+  """A run started standardised (before the ImageNet variants turned it
+  off) and resumed with `linear.standardize=False` finishes as it began;
+  a fresh unstandardised run feeds the head the raw features."""
+  workdir = str(tmp_path / 'standardised')
+  config = _config('linear', pretrain[0], data_dir, epochs=2)
+  first = runner.run(config, workdir)
+  mean, std = _saved_statistics(workdir)
+  assert np.abs(mean).max() > 0 and np.abs(std - 1).max() > 0
+  shutil.rmtree(os.path.join(checkpointing.checkpoint_dir(workdir), '2'))
+  config.linear.standardize = False
+  second = runner.run(config, workdir)
+  assert second['top1'] == first['top1'] and second['top5'] == first['top5']
+  np.testing.assert_array_equal(_saved_statistics(workdir)[0], mean)
+  raw = str(tmp_path / 'raw')
+  runner.run(config, raw)
+  mean, std = _saved_statistics(raw)
+  np.testing.assert_array_equal(mean, 0.0)
+  np.testing.assert_array_equal(std, 1.0)

@@ -17,8 +17,9 @@ def _model_config(backbone, **fields):
   cfg = dict(backbone=backbone, dtype='float32', remat=False,
              drop_path_rate=0.0, pooling='cls', base_image_size=224,
              projector_hidden_dim=16, predictor_hidden_dim=16,
-             projection_dim=fx.DIM, head_activation='gelu', bn_momentum=0.9,
-             width=1.0, stem='imagenet', zero_init_residual=False,
+             projection_dim=fx.DIM, head_activation='gelu',
+             head_gelu_approximate=False, bn_momentum=0.9, width=1.0,
+             stem='imagenet', zero_init_residual=False,
              kernel_init='he_fan_out_normal', matmul_small_maps=True,
              padding='symmetric', layer_norm_epsilon=1e-6)
   cfg.update(fields)
@@ -266,3 +267,21 @@ def test_bfloat16_step_agrees_with_float32():
   np.testing.assert_allclose(c16, c32, atol=1e-2)
   moved = np.abs(c32 - np.asarray(state.centroids)).max()
   assert moved > 3e-2
+
+
+def test_gelu_heads_are_the_exact_gelu():
+  cfg = _model_config('swin', **TINY_BACKBONES['swin'])
+  got, re_derived = fx.predictor_output(cfg)
+  np.testing.assert_allclose(got, re_derived(fx.gelu_exact), atol=1e-5)
+  # The tanh approximation is measurably different on these inputs.
+  assert np.abs(got - re_derived(fx.gelu_tanh)).max() > 1e-4
+
+
+def test_backbone_mlps_are_the_exact_gelu():
+  x = np.linspace(-4.0, 4.0, 33, dtype=np.float32).reshape(1, 33)
+  identity = dict(kernel=np.eye(33, dtype=np.float32),
+                  bias=np.zeros(33, np.float32))
+  mlp = transformer.MLP(ratio=1.0, dtype=jnp.float32)
+  got = mlp.apply({'params': dict(Dense_0=identity, Dense_1=identity)}, x)
+  np.testing.assert_allclose(got, fx.gelu_exact(x), atol=1e-6)
+  assert np.abs(got - fx.gelu_tanh(x)).max() > 1e-4

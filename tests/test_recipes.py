@@ -42,6 +42,7 @@ def test_swin_t_config_is_the_reference_recipe():
   m = c.model
   assert (m.backbone, m.head_activation, m.projection_dim) == (
       'swin_t', 'gelu', 256)
+  assert m.head_gelu_approximate is False  # PyTorch's nn.GELU(): exact.
   assert (m.drop_path_rate, m.dtype) == (0.2, 'bfloat16')
   o = c.optimizer
   assert (o.name, o.b1, o.b2, o.eps) == ('adamw', 0.9, 0.999, 1e-8)

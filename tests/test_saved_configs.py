@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import eval_fixtures
+import step_fixtures as fx
 from smog_jax import checkpointing, export, models, report
 
 
@@ -109,3 +110,23 @@ def test_an_earlier_vit_keeps_its_layer_norm_epsilon():
   models.upgrade_saved(saved)
   assert saved.layer_norm_epsilon == 1e-5  # What it trained with.
   assert models.build_backbone(saved).layer_norm_epsilon == 1e-5
+
+
+def test_earlier_gelu_heads_keep_the_tanh_approximation():
+  saved = ml_collections.ConfigDict(dict(
+      backbone='swin', patch_size=4, embed_dim=8, depths=[2, 2],
+      num_heads=[1, 2], window=7, drop_path_rate=0.0, remat=False,
+      dtype='float32', projector_hidden_dim=16, predictor_hidden_dim=16,
+      projection_dim=fx.DIM, head_activation='gelu', bn_momentum=0.9))
+  models.upgrade_saved(saved)
+  assert saved.head_gelu_approximate  # What it trained with.
+  got, re_derived = fx.predictor_output(saved)
+  np.testing.assert_allclose(got, re_derived(fx.gelu_tanh), atol=1e-5)
+  assert np.abs(got - re_derived(fx.gelu_exact)).max() > 1e-4
+  # Today's config keeps its exact GELU; ReLU heads gain no GELU field.
+  saved.head_gelu_approximate = False
+  models.upgrade_saved(saved)
+  assert not saved.head_gelu_approximate
+  relu = fx.tiny_config().model
+  models.upgrade_saved(relu)
+  assert 'head_gelu_approximate' not in relu

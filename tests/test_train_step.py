@@ -45,6 +45,43 @@ def _forward(network, params, stats, images):
           for k, v in out.items()}
 
 
+def _backbone(network, params, stats, images):
+  """Train-mode backbone features of [B, n, ...] crops: [B * n, F]."""
+  apply = jax.jit(functools.partial(network.apply, train=True,
+                                    method='features',
+                                    mutable=['batch_stats']))
+  out, _ = apply({'params': params, 'batch_stats': stats},
+                 images.reshape((-1,) + images.shape[2:]))
+  return np.asarray(out)
+
+
+def _numpy_head(params, x, output_norm):
+  """Dense - BN - ReLU - Dense [- BN without scale or bias] in NumPy, BN in
+  train mode: the statistics of all rows of `x`."""
+  def batch_norm(y, affine=None):
+    y = (y - y.mean(axis=0)) / np.sqrt(y.var(axis=0) + 1e-5)
+    return y if affine is None else y * affine['scale'] + affine['bias']
+  h = x @ params['Dense_0']['kernel'] + params['Dense_0']['bias']
+  h = np.maximum(batch_norm(h, params['BatchNorm_0']), 0.0)
+  y = h @ params['Dense_1']['kernel'] + params['Dense_1']['bias']
+  return batch_norm(y) if output_norm else y
+
+
+def _online_branch(network, params, stats, large, small):
+  """(projections [nL, B, D], predictions [nL + nS, B, D]) of the online
+  crops: the backbone per resolution, the heads once over every crop (their
+  BatchNorm pools large and small crops, as the reference's multi-crop)."""
+  (b, n_large), n_small = large.shape[:2], small.shape[1]
+  features = np.concatenate([_backbone(network, params, stats, large),
+                             _backbone(network, params, stats, small)])
+  z = _numpy_head(params['projector'], features, output_norm=True)
+  p = _numpy_head(params['predictor'], z, output_norm=False)
+  split = lambda x, n: np.swapaxes(x.reshape(b, n, -1), 0, 1)
+  rows = b * n_large
+  return split(z[:rows], n_large), np.concatenate(
+      [split(p[:rows], n_large), split(p[rows:], n_small)])
+
+
 def _log_softmax(x):
   x = x - x.max(axis=-1, keepdims=True)
   return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
@@ -60,13 +97,11 @@ def test_step_matches_numpy_rederivation_of_the_spec():
   # Independent forward passes with the old parameters.
   tgt = _forward(network, old.target_params, old.target_batch_stats,
                  fx.pixels(b['target_large']))
-  large = _forward(network, old.params, old.batch_stats,
-                   fx.pixels(b['online_large']))
-  small = _forward(network, old.params, old.batch_stats,
-                   fx.pixels(b['online_small']))
+  z_large, p = _online_branch(network, old.params, old.batch_stats,
+                              fx.pixels(b['online_large']),
+                              fx.pixels(b['online_small']))
   z_target = _normalize(tgt['projection'])  # [T, B, D]
-  z_large = _normalize(large['projection'])  # [2, B, D]
-  p = _normalize(np.concatenate([large['prediction'], small['prediction']]))
+  z_large, p = _normalize(z_large), _normalize(p)  # [2, B, D], [6, B, D]
   losses = []
   for h in range(fx.NUM_HEADS):
     c_old = old.centroids[h]
@@ -164,8 +199,9 @@ def test_memory_bank_rows_are_the_online_large_projections():
   new, _ = _run(sharding.make_mesh(), state, [b], network, tx, step_config)
   views = augment.train_views(b, jnp.int32(0), fx.REFERENCE)
   assert not np.allclose(views['online_large'], fx.pixels(b['online_large']))
-  z = _normalize(_forward(network, old.params, old.batch_stats,
-                          np.asarray(views['online_large']))['projection'])
+  z = _normalize(_online_branch(network, old.params, old.batch_stats,
+                                np.asarray(views['online_large']),
+                                np.asarray(views['online_small']))[0])
   np.testing.assert_allclose(new.memory_bank[:, b['index']], z, rtol=1e-4,
                              atol=1e-5)
   untouched = np.setdiff1d(np.arange(40), b['index'])

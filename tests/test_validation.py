@@ -83,6 +83,11 @@ def test_a_field_the_config_lacks_is_named(section, field, words):
   assert 'the --config file' in message
 
 
+def test_gelu_heads_need_their_approximation_field():
+  message = _error(_config(**{'model.head_activation': 'gelu'}))
+  assert "config.model lacks ['head_gelu_approximate']" in message, message
+
+
 def test_main_prints_one_sentence_without_a_traceback(tmp_path):
   proc = cli_runs.run_main(
       tmp_path, '--config.smog.temperature=-1',

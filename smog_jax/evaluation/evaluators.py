@@ -109,10 +109,13 @@ class Linear(Evaluator):
   """The reference protocol: the probe on freshly augmented crops.
 
   The frozen backbone (inference-mode BN) runs inside every step on random
-  resized crops and flips keyed by the epoch; the feature statistics come
-  from the first `standardize_batches` batches. The head is checkpointed
-  every `checkpoint_every` epochs into WORKDIR/checkpoints, and a restarted
-  run resumes from the newest checkpoint.
+  resized crops and flips keyed by the epoch; with `linear.standardize` the
+  feature statistics come from the first `standardize_batches` batches,
+  without it the head sees the raw features (mean 0, std 1). The head is
+  checkpointed every `checkpoint_every` epochs into WORKDIR/checkpoints,
+  and a restarted run resumes from the newest checkpoint with the
+  statistics it holds (the head was trained on them), so a run started
+  before `standardize` was turned off finishes as it began.
   """
 
   def __init__(self, data, mesh, backbone, num_classes, *,
@@ -157,7 +160,7 @@ class Linear(Evaluator):
       state = manager.restore(start_epoch, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract)))['state']
       logging.info('Resumed the linear head at epoch %d.', start_epoch)
-    else:
+    elif lin.standardize:
       first = itertools.islice(self._train_batches(0),
                                self.standardize_batches)
       feats, _ = features_lib.extract_features(self.backbone, variables,
@@ -165,6 +168,8 @@ class Linear(Evaluator):
       mean, std = linear_lib.feature_statistics(feats, lin.standardize)
       state = features_lib.replicate(
           state.replace(mean=jnp.asarray(mean), std=jnp.asarray(std)), mesh)
+    else:
+      state = features_lib.replicate(state, mesh)
 
     def save(epochs_done, state):
       if epochs_done % self.checkpoint_every == 0 or epochs_done == lin.epochs:

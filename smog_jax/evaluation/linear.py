@@ -1,10 +1,13 @@
 """A linear classifier on frozen features (the linear-evaluation protocol).
 
-The head is one `Dense` layer on standardised features: the feature mean
-and standard deviation are estimated once, before training, and frozen, so
-the probe needs no BatchNorm. Training is SGD with momentum, a cosine
-learning-rate decay to zero over all steps and weight decay on every head
-parameter (the torch `SGD(weight_decay=...)` of the reference).
+The head is one `Dense` layer on the features, standardised or raw
+(`LinearConfig.standardize`): the feature mean and standard deviation are
+estimated once, before training, and frozen, so the probe needs no
+BatchNorm; raw features (the reference's ImageNet protocol) are the same
+code with mean 0 and std 1, which leave them bit for bit. Training is SGD
+with momentum, a cosine learning-rate decay to zero over all steps and
+weight decay on every head parameter (the torch `SGD(weight_decay=...)` of
+the reference).
 
 `train_probe` is the one training loop: its batches hold fixed features
 (`fit_linear`, 'fast') or images a frozen backbone turns into features
@@ -40,7 +43,8 @@ class LinearConfig:
     learning_rate: peak learning rate of the cosine schedule.
     momentum: SGD momentum.
     weight_decay: L2 weight decay on the head.
-    standardize: standardise the features with their training mean/std.
+    standardize: standardise the features with their training mean/std;
+      False: the head trains on the raw features.
     seed: initialisation and shuffling seed.
     eval_batch_size: rows per evaluation batch.
   """

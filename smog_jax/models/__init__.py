@@ -20,6 +20,9 @@
   projector_hidden_dim, predictor_hidden_dim: 2048 in the reference.
   projection_dim: 128 (ResNet) / 256 (Swin-T) in the reference.
   head_activation: 'relu' (ResNet) or 'gelu' (Swin-T).
+  head_gelu_approximate: GELU heads, False for the exact GELU (PyTorch's
+    `nn.GELU()`, the reference's), True for Flax's tanh approximation (the
+    GELU heads before 2026-12-06). The backbones' GELUs are exact, fixed.
   dtype: computation dtype, 'float32' or 'bfloat16'.
   bn_momentum: decay of BN running statistics.
   zero_init_residual: ResNet, the last BN scale of each residual block
@@ -66,6 +69,9 @@ ADDED_RESNET_FIELDS = dict(remat=False, zero_init_residual=True,
                            matmul_small_maps=True, padding='same')
 # The same for ViT fields.
 ADDED_VIT_FIELDS = dict(layer_norm_epsilon=1e-5)
+# Fields of GELU heads beside HEAD_FIELDS, and those added since as above.
+GELU_HEAD_FIELDS = ('head_gelu_approximate',)
+ADDED_GELU_HEAD_FIELDS = dict(head_gelu_approximate=True)
 
 
 def _is_resnet(cfg: ml_collections.ConfigDict) -> bool:
@@ -76,13 +82,19 @@ def _is_vit(cfg: ml_collections.ConfigDict) -> bool:
   return cfg.backbone.startswith('vit')
 
 
+def _has_gelu_heads(cfg: ml_collections.ConfigDict) -> bool:
+  # An export's config, or one that validation finds lacking, may have none.
+  return cfg.get('head_activation') == 'gelu'
+
+
 def required_fields(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The fields of `cfg` (a `config.model`) that its backbone and heads
   read beside `backbone` itself (transformers: their own, read plainly)."""
+  heads = HEAD_FIELDS + (GELU_HEAD_FIELDS if _has_gelu_heads(cfg) else ())
   if not _is_resnet(cfg):
-    return HEAD_FIELDS
+    return heads
   custom = ('stage_sizes', 'block') if cfg.backbone == 'resnet' else ()
-  return HEAD_FIELDS + RESNET_FIELDS + custom
+  return heads + RESNET_FIELDS + custom
 
 
 def upgrade_saved(cfg: ml_collections.ConfigDict) -> None:
@@ -90,8 +102,10 @@ def upgrade_saved(cfg: ml_collections.ConfigDict) -> None:
 
   In place: a field added since takes the value that version built.
   """
-  added = (ADDED_RESNET_FIELDS if _is_resnet(cfg) else
-           ADDED_VIT_FIELDS if _is_vit(cfg) else {})
+  added = dict(ADDED_RESNET_FIELDS if _is_resnet(cfg) else
+               ADDED_VIT_FIELDS if _is_vit(cfg) else {})
+  if _has_gelu_heads(cfg):
+    added.update(ADDED_GELU_HEAD_FIELDS)
   with cfg.unlocked():
     for name, used in added.items():
       if name not in cfg:
@@ -155,6 +169,14 @@ for _name, _size in SWIN_SIZES.items():
 _ACTIVATIONS = {'relu': nn.relu, 'gelu': nn.gelu}
 
 
+def _head_activation(cfg: ml_collections.ConfigDict) -> Callable:
+  act = _ACTIVATIONS[cfg.head_activation]
+  if cfg.head_activation == 'gelu':
+    # Flax's default is the tanh approximation; the reference's is exact.
+    return functools.partial(act, approximate=cfg.head_gelu_approximate)
+  return act
+
+
 def _dtype(cfg: ml_collections.ConfigDict):
   return jnp.dtype(cfg.dtype)
 
@@ -169,8 +191,8 @@ def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
 
 def build_network(cfg: ml_collections.ConfigDict) -> SMoGNetwork:
   """Backbone + projector + predictor as the spec's "Networks" section."""
-  act = _ACTIVATIONS[cfg.head_activation]
-  common = dict(activation=act, dtype=_dtype(cfg), bn_momentum=cfg.bn_momentum)
+  common = dict(activation=_head_activation(cfg), dtype=_dtype(cfg),
+                bn_momentum=cfg.bn_momentum)
   return SMoGNetwork(
       backbone=build_backbone(cfg),
       projector=MLPHead(cfg.projector_hidden_dim, cfg.projection_dim,

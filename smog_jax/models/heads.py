@@ -3,7 +3,8 @@
 Spec ("Networks"):
   projector: Linear(d, 2048) - BN - ReLU - Linear(2048, 128) - BN(no scale/bias)
   predictor: Linear(128, 2048) - BN - ReLU - Linear(2048, 128)
-Swin-T uses GELU and feature dim 256: both are attributes here.
+Swin-T uses GELU (exact, as PyTorch's `nn.GELU()`) and feature dim 256: both
+are attributes here.
 """
 
 from __future__ import annotations
@@ -51,7 +52,18 @@ class SMoGNetwork(nn.Module):
   def __call__(self, images: jax.Array, train: bool = True,
                with_predictor: bool = True) -> dict[str, jax.Array]:
     """Returns raw (un-normalised) `features`, `projection` [, `prediction`]."""
-    features = self.backbone(images, train=train)
+    return self.heads(self.features(images, train=train), train=train,
+                      with_predictor=with_predictor)
+
+  def features(self, images: jax.Array, train: bool = True) -> jax.Array:
+    """The backbone alone: pooled `[N, F]` features."""
+    return self.backbone(images, train=train)
+
+  def heads(self, features: jax.Array, train: bool = True,
+            with_predictor: bool = True) -> dict[str, jax.Array]:
+    """The heads on `features [N, F]`; in training their BatchNorm
+    statistics are over all N rows (the train step passes every crop of a
+    branch at once)."""
     outputs = {'features': features,
                'projection': self.projector(features, train=train)}
     if with_predictor:
