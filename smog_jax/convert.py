@@ -43,8 +43,6 @@ import re
 from typing import Any, Iterable, Mapping, Sequence
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import safetensors.numpy
@@ -177,14 +175,6 @@ def model_config(name: str) -> ml_collections.ConfigDict:
   if backbone in ('resnet18', 'resnet34'):
     config.block = 'basic'  # Not read for named depths; said for the reader.
   return config
-
-
-def _abstract_variables(module: nn.Module, image_size: int = 224):
-  variables = jax.eval_shape(lambda: module.init(
-      jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)),
-      train=False))
-  return {k: variables[k] for k in ('params', 'batch_stats')
-          if k in variables}
 
 
 def _role(leaf: str, ndim: int) -> str:
@@ -421,7 +411,8 @@ def import_state_dict(state_dict: Mapping[str, np.ndarray], name: str,
       Swin `relative_position_index` that is not torchvision's.
   """
   module = models.build_backbone(model_config(name))
-  layout = torch_layout(module, _abstract_variables(module))
+  layout = torch_layout(
+      module, export.abstract_variables(module, TORCHVISION_PREPROCESSING))
   state_dict = {_alias(k): v for k, v in state_dict.items()}
   prefix = _best_prefix(state_dict, layout)
   used, heads, outside, unexpected = {}, [], [], []

@@ -86,12 +86,16 @@ def preprocessing_from_config(config: ml_collections.ConfigDict
               eval_crop_fraction=resolved.eval_crop_fraction)
 
 
-def _abstract_variables(module: nn.Module, preprocessing: dict[str, Any]):
-  """Shapes of the module's variables, from its config alone (no compute)."""
+def abstract_variables(module: nn.Module, preprocessing: dict[str, Any]
+                       ) -> dict[str, Any]:
+  """Shapes of a backbone's `{'params'[, 'batch_stats']}` for inputs as
+  `preprocessing` says, from its config alone (no compute)."""
   size, channels = preprocessing['image_size'], preprocessing['channels']
-  return jax.eval_shape(
+  variables = jax.eval_shape(
       lambda: module.init(jax.random.key(0),
                           jnp.zeros((1, size, size, channels)), train=False))
+  return {k: variables[k] for k in ('params', 'batch_stats')
+          if k in variables}
 
 
 def load_backbone_info(path: str) -> LoadedBackbone:
@@ -113,9 +117,7 @@ def load_backbone_info(path: str) -> LoadedBackbone:
     model_config = ml_collections.ConfigDict(desc['model'])
     models.upgrade_saved(model_config)
     module = models.build_backbone(model_config)
-    abstract = _abstract_variables(module, desc['preprocessing'])
-    abstract = {k: abstract[k] for k in ('params', 'batch_stats')
-                if k in abstract}
+    abstract = abstract_variables(module, desc['preprocessing'])
     variables = ocp.StandardCheckpointer().restore(
         checkpointing.absolute(os.path.join(path, VARIABLES_SUBDIR)), abstract)
     return LoadedBackbone(module, dict(variables), model_config,

@@ -38,7 +38,8 @@ def _fixture(name: str) -> dict:
 
 def _torchvision_shapes(name: str) -> dict[str, tuple[int, ...]]:
   module = models.build_backbone(convert.model_config(name))
-  layout = convert.torch_layout(module, convert._abstract_variables(module))
+  layout = convert.torch_layout(module, export.abstract_variables(
+      module, convert.TORCHVISION_PREPROCESSING))
   return {key: entry.shape for key, entry in layout.items()}
 
 
