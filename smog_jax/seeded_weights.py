@@ -38,7 +38,13 @@ RESIDUAL_SCALE = 0.05
 
 
 def relative_position_index(window: int) -> np.ndarray:
-  """Swin's `[window**4]` table row of each (query, key) pair, flattened."""
+  """Swin's `[window**4]` table row of each (query, key) pair, flattened.
+
+  A NumPy twin of `smog_jax.models.swin.relative_position_index`, which
+  needs JAX (the fixture script's environment has none); the converter
+  checks every imported index against that one, so the seeded Swin import
+  of tests/test_convert.py fails if the two disagree.
+  """
   coords = np.stack(np.meshgrid(np.arange(window), np.arange(window),
                                 indexing='ij')).reshape(2, -1)
   dy, dx = coords[:, :, None] - coords[:, None, :] + window - 1
