@@ -11,4 +11,5 @@ if command -v apt-get >/dev/null 2>&1 && [ ! -d /usr/share/datasets/fashion-mnis
     echo "Could not install dataset-fashion-mnist; tfds will download Fashion-MNIST instead." >&2
   fi
 fi
-python3 -m pip install -q -r requirements.txt
+# The pinned versions, and this checkout (editable) with its test extra.
+python3 -m pip install -q -r requirements.txt -e ".[test]"

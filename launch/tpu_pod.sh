@@ -10,7 +10,8 @@
 #   2. put the code on every worker: the files of this checkout that git
 #      tracks or would track (copied as a tarball), or --repo URL cloned at
 #      --ref;
-#   3. install requirements.txt and jax[tpu] at the pinned jax version;
+#   3. install the package's run-time set at requirements.txt's pins and
+#      jax[tpu] at the pinned jax version;
 #   4. run `python3 -m smog_jax.main --config CONFIG --workdir WORKDIR ...` on
 #      all workers at once (`--worker=all`); jax.distributed finds the pod by
 #      itself. Each worker tees its log to ~/smog_logs/<hostname>.log.
@@ -117,7 +118,7 @@ else
 fi
 
 # 3. Dependencies (the TPU build of the pinned jax).
-ssh_all "cd ~/smog_jax && python3 -m pip install -q -r requirements.txt && python3 -m pip install -q \"jax[tpu]==$jax_version\""
+ssh_all "cd ~/smog_jax && python3 -m pip install -q -c requirements.txt -e . && python3 -m pip install -q \"jax[tpu]==$jax_version\""
 
 # 4. Train: one process per worker, all at once.
 main=(python3 -m smog_jax.main --config "$config" --workdir "$workdir" "$@")

@@ -103,6 +103,8 @@ def test_tpu_dry_run_prints_the_plan_and_runs_nothing(stubs):
   clone, install, train = (c[9] for c in ssh)
   assert ('git clone --depth 1 --branch v1 https://example.org/smog_jax.git'
           in clone)
+  # The run-time set at the pinned versions, no test packages.
+  assert 'pip install -q -c requirements.txt -e . &&' in install
   assert f'pip install -q "jax[tpu]=={_pinned_jax()}"' in install
   assert ('python3 -m smog_jax.main --config configs/imagenet_resnet50.py '
           '--workdir gs://bucket/runs/r50 --config.total_steps=100 '
