@@ -29,6 +29,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.batch_size = 256
   config.num_epochs = 20
   config.log_every_steps = 20
+  config.progress_every_steps = 200
   config.checkpoint_every_steps = 200
   config.knn_every_epochs = 0
   # At equal steps the 4 x 14 px crops (scale 0.05-0.2 of a 28 px image) add
@@ -71,6 +72,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     config.batch_size = 16
     config.num_epochs = 3
     config.log_every_steps = 1
+    config.progress_every_steps = 4
     config.checkpoint_every_steps = 4
     config.knn_every_epochs = -1
     config.data.train_slice = 64

@@ -222,7 +222,8 @@ def load_host_state(path: str, step: int | None = None
         f'No pre-training checkpoints under {directory!r}: pass the --workdir '
         'of a smog_jax.main run (or an exported backbone directory).')
   with ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      directory, options=ocp.CheckpointManagerOptions(
+          read_only=True, save_interval_steps=0, create=False),
       item_names=('state', 'config')) as manager:
     step = manager.latest_step() if step is None else step
     if step is None or step not in manager.all_steps():

@@ -53,6 +53,7 @@ from etils import epath
 from flax import traverse_util
 
 from smog_jax import checkpointing
+from smog_jax import console
 from smog_jax import export
 from smog_jax import models
 from smog_jax import recipes
@@ -479,7 +480,7 @@ def from_torch(path: str, name: str, output: str) -> str:
   config = model_config(name)
   variables, report = import_state_dict(read_state_dict(source), name,
                                         source)
-  logging.info('%s: prefix %r unwrapped; dropped %d head keys (%s) and %d '
+  console.show('%s: prefix %r unwrapped; dropped %d head keys (%s) and %d '
                'keys outside the prefix (%s); %d torchvision buffers '
                '(num_batches_tracked, relative_position_index) not kept '
                '(--to_torch writes them anew).', source, report.prefix,
@@ -489,7 +490,7 @@ def from_torch(path: str, name: str, output: str) -> str:
                len(report.ignored_buffers))
   output = export.write_export(output, config, TORCHVISION_PREPROCESSING,
                                variables, step=0, source=source)
-  logging.info('Wrote %s (%s, torchvision preprocessing: mean %s, std %s).',
+  console.show('Wrote %s (%s, torchvision preprocessing: mean %s, std %s).',
                output, name, TORCHVISION_PREPROCESSING['mean'],
                TORCHVISION_PREPROCESSING['std'])
   return output
@@ -560,7 +561,7 @@ def to_torch(path: str, output: str) -> str:
       'smog_jax_preprocessing': json.dumps(loaded.preprocessing),
       'smog_jax_step': str(loaded.step),
       'smog_jax_source': checkpointing.absolute(os.fspath(path))})
-  logging.info('Wrote %d torchvision-layout tensors of %s (step %d) to %s.',
+  console.show('Wrote %d torchvision-layout tensors of %s (step %d) to %s.',
                len(tensors), path, loaded.step, output)
   return output
 
@@ -581,6 +582,7 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  console.setup('convert', None)
   startup.start_process(multi_host=False)
   f = flags.FLAGS
   try:

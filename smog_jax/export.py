@@ -38,10 +38,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app
 from absl import flags
-from absl import logging
 from etils import epath
 
 from smog_jax import checkpointing
+from smog_jax import console
 from smog_jax import models
 from smog_jax import startup
 from smog_jax.data import settings as data_settings
@@ -318,7 +318,7 @@ def export_backbone(workdir: str, output: str) -> str:
   output = write_export(output, config.model,
                         preprocessing_from_config(config), variables, step,
                         checkpointing.absolute(os.fspath(workdir)))
-  logging.info('Exported the backbone of %s (step %d) to %s', workdir, step,
+  console.show('Exported the backbone of %s (step %d) to %s.', workdir, step,
                output)
   return output
 
@@ -334,6 +334,7 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  console.setup('export', flags.FLAGS.workdir)
   startup.start_process(multi_host=False)
   export_backbone(flags.FLAGS.workdir, flags.FLAGS.output)
 

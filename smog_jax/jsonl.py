@@ -13,7 +13,17 @@ import os
 from typing import Any, Mapping
 
 import numpy as np
-import tensorflow as tf
+
+
+def _gfile():
+  """`tf.io.gfile`, imported on first use.
+
+  TensorFlow prints as it loads; the binaries import it once their log file
+  is set up (`smog_jax.console.setup`).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.io.gfile
+
 
 # The metrics file of a workdir (pre-training and evaluation alike).
 METRICS_FILE = 'metrics.jsonl'
@@ -37,20 +47,20 @@ class JsonlWriter:
         dropped first; None keeps every record.
     """
     self.path = os.fspath(path)
-    tf.io.gfile.makedirs(os.path.dirname(self.path) or '.')
-    if resume_step is not None and tf.io.gfile.exists(self.path):
-      with tf.io.gfile.GFile(self.path) as f:
+    _gfile().makedirs(os.path.dirname(self.path) or '.')
+    if resume_step is not None and _gfile().exists(self.path):
+      with _gfile().GFile(self.path) as f:
         kept = [line for line in f if line.strip() and
                 json.loads(line).get('step', 0) <= resume_step]
       # Written aside, then renamed over the file: a crash in between leaves
       # the old file whole.
-      with tf.io.gfile.GFile(self.path + '.tmp', 'w') as f:
+      with _gfile().GFile(self.path + '.tmp', 'w') as f:
         f.write(''.join(kept))
-      tf.io.gfile.rename(self.path + '.tmp', self.path, overwrite=True)
+      _gfile().rename(self.path + '.tmp', self.path, overwrite=True)
 
   def write(self, record: Mapping[str, Any]) -> None:
     line = json.dumps({k: jsonable(v) for k, v in record.items()})
-    with tf.io.gfile.GFile(self.path, 'a') as f:
+    with _gfile().GFile(self.path, 'a') as f:
       f.write(line + '\n')
 
   def read(self) -> list[dict[str, Any]]:
@@ -60,7 +70,7 @@ class JsonlWriter:
 
 def read(path: str) -> list[dict[str, Any]]:
   """Every record of the JSON-lines file at `path` ([] if there is none)."""
-  if not tf.io.gfile.exists(path):
+  if not _gfile().exists(path):
     return []
-  with tf.io.gfile.GFile(path) as f:
+  with _gfile().GFile(path) as f:
     return [json.loads(line) for line in f if line.strip()]

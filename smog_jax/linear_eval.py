@@ -16,9 +16,9 @@ from typing import Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from smog_jax import console
 from smog_jax import distributed
 from smog_jax import startup
 
@@ -35,10 +35,11 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  console.setup('linear_eval', f.workdir, quiet_imports=console.TENSORFLOW)
   startup.start_process()
   from smog_jax.evaluation import runner  # After distributed init.
-  results = runner.run(flags.FLAGS.config, flags.FLAGS.workdir)
-  logging.info('Results: %s', results)
+  runner.run(f.config, f.workdir, config_name=console.config_name(f['config']))
 
 
 if __name__ == '__main__':

@@ -16,9 +16,9 @@ from typing import Sequence
 import jax
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from smog_jax import console
 from smog_jax import distributed
 from smog_jax import startup
 
@@ -35,12 +35,15 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  console.setup('main', f.workdir, quiet_imports=console.TENSORFLOW)
   startup.start_process()
   # pylint: disable=g-import-not-at-top
   from smog_jax import checkpointing, trainer, validation
   from smog_jax.data import DataNotFoundError
   try:
-    trainer.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    trainer.train_and_evaluate(f.config, f.workdir,
+                               console.config_name(f['config']))
   except (validation.ConfigError, DataNotFoundError,
           checkpointing.CheckpointError, trainer.NonFiniteError) as e:
     # One sentence that names the problem and the fix; no traceback.
@@ -49,7 +52,6 @@ def main(argv: Sequence[str]) -> None:
     if jax.process_count() == 1:
       raise
     distributed.exit_lost_process(str(e).splitlines()[0])
-  logging.info('Done.')
 
 
 if __name__ == '__main__':

@@ -36,6 +36,8 @@ _CHANGEABLE = dict(
 )
 _OPERATIONAL = dict(
     log_every_steps=100,
+    # A progress line on the terminal (smog_jax.console); also logged.
+    progress_every_steps=1000,
     checkpoint_every_steps=1000,
     keep_checkpoints=3,
     # Online weighted kNN monitor on the evaluation split every N epochs

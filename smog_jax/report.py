@@ -33,12 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app
 from absl import flags
-from absl import logging
 from matplotlib import figure as mpl_figure
 from matplotlib import ticker
 from PIL import Image
 
 from smog_jax import checkpointing
+from smog_jax import console
 from smog_jax import grouping
 from smog_jax import jsonl
 from smog_jax import startup
@@ -509,7 +509,8 @@ def write_report(workdir: str, output: str | None = None, head: int = 0,
   with open(path, 'w') as f:
     f.write(_html(f'SMoG run report: step {run.step:,}', facts, figures,
                   notes))
-  logging.info('Wrote %s', path)
+  console.block(f'Report of {workdir} (step {run.step:,}): {path}',
+                [('figures', ', '.join(name for name, _ in figures))])
   return path
 
 
@@ -529,13 +530,14 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  startup.start_process(multi_host=False)
   f = flags.FLAGS
-  print(write_report(f.workdir, f.output, head=f.head,
-                     num_groups_shown=f.num_groups_shown,
-                     images_per_group=f.images_per_group,
-                     num_queries=f.num_queries,
-                     num_neighbours=f.num_neighbours, seed=f.seed))
+  console.setup('report', f.workdir, quiet_imports=console.TENSORFLOW)
+  startup.start_process(multi_host=False)
+  write_report(f.workdir, f.output, head=f.head,
+               num_groups_shown=f.num_groups_shown,
+               images_per_group=f.images_per_group,
+               num_queries=f.num_queries, num_neighbours=f.num_neighbours,
+               seed=f.seed)
 
 
 if __name__ == '__main__':

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
-from clu import periodic_actions
 
 from smog_jax import checkpointing
+from smog_jax import console
 from smog_jax import data as data_lib
 from smog_jax import memory_bank
 from smog_jax import metrics as metrics_lib
@@ -34,6 +34,7 @@ from smog_jax import train
 from smog_jax import train_state as train_state_lib
 from smog_jax import validation
 from smog_jax.data import indices
+from smog_jax.data import sources
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -146,12 +147,14 @@ class Due:
 
   Attributes:
     log: write the metrics of the step just done.
+    progress: show them in a progress line too.
     knn: add the kNN monitor's top-1 to them.
     checkpoint: save the state.
     stop: end the run here (its last step, or preempted).
     regroup: regroup before running the next step.
   """
   log: bool
+  progress: bool
   knn: bool
   checkpoint: bool
   stop: bool
@@ -168,8 +171,9 @@ def due(step: int, plan: Plan, config: ml_collections.ConfigDict,
   Args:
     step: the state's step: how many steps are done.
     plan: the run's length.
-    config: its `log_every_steps`, `checkpoint_every_steps` and
-      `knn_every_epochs` (negative: never; 0: only at the end).
+    config: its `log_every_steps`, `progress_every_steps`,
+      `checkpoint_every_steps` and `knn_every_epochs` (negative: never;
+      0: only at the end).
     preempted: whether the run was asked to stop after this step.
   """
   last = step >= plan.total_steps
@@ -178,8 +182,9 @@ def due(step: int, plan: Plan, config: ml_collections.ConfigDict,
   knn = every >= 0 and (last or (every > 0 and into_epoch == 0 and
                                  epochs % every == 0))
   stop = last or preempted
-  return Due(log=knn or last or step % config.log_every_steps == 0,
-             knn=knn,
+  progress = last or step % config.progress_every_steps == 0
+  return Due(log=knn or progress or step % config.log_every_steps == 0,
+             progress=progress, knn=knn,
              checkpoint=stop or step % config.checkpoint_every_steps == 0,
              stop=stop,
              regroup=not stop and step % plan.regroup_every_steps == 0)
@@ -252,24 +257,94 @@ def restore_or_fill(config: ml_collections.ConfigDict,
       manager, checkpointing.abstract_like(state, shardings), config)
   if restored is not None:
     state = restored
-    logging.info('Resumed from step %d.', int(state.step))
+    console.show('Resumed from step %d.', int(state.step))
   else:
     fill = memory_bank.jit_fill_bank_step(network, data.augment_spec, mesh,
                                           state)
     for batch in data_lib.make_bank_fill_iterator(data, mesh):
       state = fill(state, batch)
-    logging.info('Memory bank filled: %d examples.', plan.num_train_examples)
+    console.show('Memory bank filled: %d examples.', plan.num_train_examples)
   return state, int(jax.device_get(state.step))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-  """Runs (or resumes) pre-training in `workdir`; returns the final state."""
+def _knn_schedule(config: ml_collections.ConfigDict) -> str:
+  every = config.knn_every_epochs
+  if every < 0:
+    return 'off'
+  when = 'at the end' if every == 0 else f'every {every} epochs and at the end'
+  return f'{when}, k={config.knn_k}'
+
+
+def show_start(config: ml_collections.ConfigDict, config_name: str,
+               data: data_lib.DataSettings, plan: Plan, mesh, workdir: str,
+               num_params: int) -> None:
+  """The start-up block: what runs, on what, for how long, and where."""
+  d, m = config.data, config.model
+  crops = f'{d.num_large_crops} x {d.large_crop_size} px'
+  if d.num_small_crops:
+    crops += f' + {d.num_small_crops} x {d.small_image_size} px'
+  devices = jax.devices()
+  console.block(f'smog_jax.main: {config_name}', [
+      ('devices', f'{mesh.size} x {devices[0].platform} '
+                  f'({devices[0].device_kind}) over '
+                  f'{jax.process_count()} process(es)'),
+      ('data', f'{d.dataset} {sources.train_split(data)}: '
+               f'{plan.num_train_examples:,} images; crops {crops} '
+               'a pipeline'),
+      ('model', f'{m.backbone}, {num_params:,} parameters; '
+                f'{config.smog.num_heads} heads x '
+                f'{config.smog.num_groups} groups'),
+      ('plan', f'{plan.total_steps:,} steps of {config.batch_size} '
+               f'({plan.total_steps / plan.steps_per_epoch:g} epochs of '
+               f'{plan.steps_per_epoch:,}); regrouping every '
+               f'{plan.regroup_every_steps:,} steps'),
+      ('kNN', _knn_schedule(config)),
+      ('workdir', f'{workdir} (checkpoints every '
+                  f'{config.checkpoint_every_steps:,} steps, '
+                  'metrics.jsonl, TensorBoard)'),
+      ('full log', console.log_path() or 'on the terminal'),
+  ])
+
+
+def show_progress(step: int, plan: Plan, scalars, eta: str) -> None:
+  """One progress line: step, loss, images/s, ETA."""
+  console.show(
+      'step %s/%s (%d %%), epoch %.1f: loss %.4f, %s images/s, ETA %s',
+      f'{step:,}', f'{plan.total_steps:,}', 100 * step // plan.total_steps,
+      step / plan.steps_per_epoch, scalars['loss'],
+      f'{scalars["images_per_sec"]:,.0f}', eta)
+
+
+def show_summary(step: int, first_step: int, last_record, workdir: str
+                 ) -> None:
+  """The closing block: time, final metrics, what to look at next."""
+  final = f'loss {last_record["loss"]:.4f}'
+  if 'knn_top1' in last_record:
+    final += f', kNN top-1 {100 * last_record["knn_top1"]:.2f} %'
+  console.block(
+      f'Done: step {step:,} ({step - first_step:,} steps in '
+      f'{console.duration(console.elapsed())}); {final}.', [
+          ('metrics', f'{workdir}/metrics.jsonl; tensorboard --logdir '
+                      f'{workdir}'),
+          ('report', f'python -m smog_jax.report --workdir {workdir}'),
+      ])
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       config_name: str = ''):
+  """Runs (or resumes) pre-training in `workdir`; returns the final state.
+
+  Args:
+    config: the run's config.
+    workdir: its folder (checkpoints, metrics, logs).
+    config_name: how the start-up block names the config.
+  """
   mesh = sharding_lib.make_mesh()
   data = data_lib.resolve(config)  # Once: every part reads these settings.
   plan = make_plan(config, data, mesh)
-  logging.info('Plan: %s; mesh: %d devices over %d processes.', plan,
-               mesh.size, jax.process_count())
   network, tx, step_config, state = build(config, data, mesh, plan)
+  show_start(config, config_name, data, plan, mesh, workdir,
+             sum(x.size for x in jax.tree.leaves(state.params)))
   manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
   state, step = restore_or_fill(config, data, mesh, plan, manager, network,
                                 state)
@@ -283,11 +358,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     writer.write_hparams({
         k: v if isinstance(v, (int, float, str, bool)) else str(v)
         for k, v in checkpointing.flatten(config.to_dict()).items()})
-  # Steps/s and ETA go to the log; metrics.jsonl keeps one record per step.
-  report = periodic_actions.ReportProgress(num_train_steps=plan.total_steps,
-                                           every_secs=60)
   batches = data_lib.make_train_iterator(data, mesh, step, plan.total_steps)
 
+  first_step, record = step, None
+  progress = console.Progress(plan.total_steps)
   last_log_time, last_log_step = time.time(), step
   finite = PendingCheck(manager.latest_step)
   todo = due(step, plan, config, preempted=False)
@@ -296,11 +370,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       if todo.regroup:
         regrouping = step // plan.regroup_every_steps
         state = regroup_fn(state, jnp.asarray(regrouping, jnp.int32))
-        logging.info('Regrouping %d before step %d.', regrouping, step)
+        console.show('Regrouping %d before step %d.', regrouping, step)
       state, metrics = step_fn(state, next(batches))
       step += 1
+      if step == first_step + 1:  # Compiled: the rate counts from here.
+        progress.start(step)
       finite.push(step, metrics['nonfinite'])
-      report(step)
       preempted = preemption.reached(step)
       todo = due(step, plan, config, preempted)
       if todo.log or todo.checkpoint:
@@ -311,15 +386,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         scalars['images_per_sec'] = (config.batch_size *
                                      (step - last_log_step) / elapsed)
         scalars['epoch'] = step / plan.steps_per_epoch
+        if todo.progress:
+          show_progress(step, plan, scalars, progress.eta(step))
         if todo.knn:
           scalars['knn_top1'] = knn_monitor(config, data, state, mesh)
-        writer({'step': step, **{k: float(v) for k, v in scalars.items()}})
+          console.show('kNN top-1 %.2f %% at step %d.',
+                       100 * scalars['knn_top1'], step)
+        record = {'step': step, **{k: float(v) for k, v in scalars.items()}}
+        writer(record)
         # Evaluation time does not count towards images_per_sec.
         last_log_time, last_log_step = time.time(), step
       if todo.checkpoint:
-        checkpointing.save(manager, state, config, force=preempted)
+        if checkpointing.save(manager, state, config, force=preempted):
+          console.show('Checkpoint of step %d to %s/checkpoints.', step,
+                       workdir)
       if preempted:
         logging.warning('Stopped by preemption at step %d.', step)
+  if step >= plan.total_steps and record is not None:
+    show_summary(step, first_step, record, workdir)
   return state
 
 

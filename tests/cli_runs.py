@@ -30,3 +30,9 @@ def run_main(tmp_path, *flags: str,
        '--workdir', str(tmp_path / 'run'), *flags],
       cwd=str(tmp_path), env=environment(**env_overrides),
       capture_output=True, text=True, timeout=300, check=False)
+
+
+def full_log(tmp_path) -> str:
+  """The full log file of the run of `run_main` (its workdir's logs/)."""
+  with open(tmp_path / 'run' / 'logs' / 'main.INFO', encoding='utf-8') as f:
+    return f.read()

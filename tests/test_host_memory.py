@@ -81,23 +81,25 @@ def test_the_documented_tunables_keep_freed_buffers():
 
 
 def _run_main(tmp_path, **env_overrides):
-  """stderr of `python -m smog_jax.main` stopped by a bad config value."""
+  """The terminal output and the full log of `python -m smog_jax.main`
+  stopped by a bad config value."""
   proc = cli_runs.run_main(
       tmp_path, '--config.smog.temperature=-1',
       f'--config.data.fashion_mnist_idx_dir={cli_runs.FIXTURE}',
       **env_overrides)
   assert proc.returncode == 1, proc.stderr[-2000:]
-  return proc.stderr
+  return proc.stderr, cli_runs.full_log(tmp_path)
 
 
 def test_a_cpu_run_tunes_malloc_in_its_own_process(tmp_path):
   # No restart: the process a debugger or profiler starts is the program.
-  stderr = _run_main(tmp_path)
-  assert stderr.count('glibc malloc keeps freed memory for reuse') == 1
-  assert stderr.count('smog_jax.main: config.smog.temperature') == 1
+  terminal, log = _run_main(tmp_path)
+  assert log.count('glibc malloc keeps freed memory for reuse') == 1
+  assert terminal.count('smog_jax.main: config.smog.temperature') == 1
 
 
 def test_a_run_whose_environment_sets_malloc_is_left_alone(tmp_path):
-  stderr = _run_main(tmp_path, GLIBC_TUNABLES=startup.CPU_MALLOC_TUNABLES)
-  assert 'glibc malloc keeps' not in stderr
-  assert stderr.count('smog_jax.main: config.smog.temperature') == 1
+  terminal, log = _run_main(tmp_path,
+                            GLIBC_TUNABLES=startup.CPU_MALLOC_TUNABLES)
+  assert 'glibc malloc keeps' not in terminal + log
+  assert terminal.count('smog_jax.main: config.smog.temperature') == 1

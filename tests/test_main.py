@@ -52,6 +52,51 @@ def test_tiny_run_writes_metrics_and_checkpoints(shared, uninterrupted):
   assert bank.shape[1] % 8 == 0 and np.all(bank[:, 64:] == 0)
 
 
+def test_the_terminal_shows_the_run_and_the_log_file_holds_the_rest(
+    uninterrupted):
+  terminal = runs.read_log(uninterrupted)
+  # Every line is a time-stamped entry or one of its indented rows.
+  for line in terminal.splitlines():
+    assert re.match(r'\d\d:\d\d:\d\d  \S| {12}\S', line), line
+  entries = re.findall(r'^\d\d:\d\d:\d\d  (.*)$', terminal, re.M)
+  checkpoint = 'Checkpoint of step {} to uninterrupted/checkpoints\\.'
+  progress = (r'step {0}/8 \({1} %\), epoch {2}\.0: loss \d\.\d{{4}}, '
+              r'[\d,]+ images/s, ETA (\?|\d+ s)')
+  expected = [
+      r'smog_jax\.main: \S+/configs/fashion_mnist\.py:tiny '
+      r'--config\.total_steps=8 .*',
+      r'Memory bank filled: 64 examples\.',
+      r'Regrouping 0 before step 0\.',
+      checkpoint.format(2),
+      progress.format(4, 50, 1),
+      checkpoint.format(4),
+      r'Regrouping 1 before step 4\.',
+      checkpoint.format(6),
+      progress.format(8, 100, 2),
+      r'kNN top-1 \d+\.\d\d % at step 8\.',
+      checkpoint.format(8),
+      r'Done: step 8 \(8 steps in \d+ s\); loss \d\.\d{4}, kNN top-1 '
+      r'\d+\.\d\d %\.',
+  ]
+  assert len(entries) == len(expected), entries
+  for entry, pattern in zip(entries, expected):
+    assert re.fullmatch(pattern, entry), (entry, pattern)
+  rows = re.findall(r'^ {12}(\S+(?: \S+)?) {2,}', terminal, re.M)
+  assert rows == ['devices', 'data', 'model', 'plan', 'kNN', 'workdir',
+                  'full log', 'metrics', 'report']
+  # Orbax's, JAX's and TensorFlow's INFO lines went to the full log only,
+  # with every entry of the terminal.
+  with open(os.path.join(uninterrupted, 'logs', 'main.INFO'),
+            encoding='utf-8') as f:
+    log = f.read()
+  for chatter in ('CheckpointManager', 'absl::InitializeLog',
+                  'Constructing tf.data.Dataset fashion_mnist'):
+    assert chatter in log
+  for chatter in ('orbax', 'backend', 'oneDNN', 'absl::InitializeLog'):
+    assert chatter not in terminal
+  assert all(entry in log for entry in entries)
+
+
 def test_kill_9_and_resume_ends_in_the_same_state(shared, uninterrupted):
   workdir = shared['root'] / 'killed'
   proc = runs.start(shared, workdir)

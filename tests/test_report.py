@@ -138,11 +138,11 @@ def test_workdir_without_checkpoint_is_refused(tmp_path):
 
 
 def test_command_line(workdir, tmp_path):
-  out = subprocess.run(
+  terminal = subprocess.run(
       [sys.executable, '-m', 'smog_jax.report', f'--workdir={workdir}',
        f'--output={tmp_path}', '--head=1', '--images_per_group=4'],
-      check=True, capture_output=True, text=True).stdout
-  assert out.strip() == str(tmp_path / 'index.html')
+      check=True, capture_output=True, text=True).stderr
+  assert f"(step 40): {tmp_path / 'index.html'}" in terminal
   assert sorted(os.listdir(tmp_path)) == [
       'curves.png', 'group_sizes.png', 'groups.png', 'index.html',
       'neighbours.png']

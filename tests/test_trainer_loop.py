@@ -17,10 +17,11 @@ def _plan(total_steps=8, regroups_per_epoch=1):
                       regroups_per_epoch=regroups_per_epoch)
 
 
-def _config(log_every=1, knn_every=0, checkpoint_every=2):
+def _config(log_every=1, knn_every=0, checkpoint_every=2, progress_every=100):
   return ml_collections.ConfigDict({'log_every_steps': log_every,
                                     'knn_every_epochs': knn_every,
-                                    'checkpoint_every_steps': checkpoint_every})
+                                    'checkpoint_every_steps': checkpoint_every,
+                                    'progress_every_steps': progress_every})
 
 
 def _steps(plan, config, start=0, preempt_at=None):
@@ -44,6 +45,14 @@ def test_every_step_logged_checkpoint_every_two_knn_only_at_the_end():
   assert _steps(_plan(), _config()) == {
       'regroup': [0, 4], 'log': [1, 2, 3, 4, 5, 6, 7, 8], 'knn': [8],
       'checkpoint': [2, 4, 6, 8], 'stop': [8]}
+
+
+def test_progress_lines_every_n_steps_and_at_the_end_on_logged_steps():
+  plan, config = _plan(total_steps=10), _config(log_every=3, progress_every=4)
+  todo = {step: trainer.due(step, plan, config, preempted=False)
+          for step in range(1, 11)}
+  assert [step for step, t in todo.items() if t.progress] == [4, 8, 10]
+  assert [step for step, t in todo.items() if t.log] == [3, 4, 6, 8, 9, 10]
 
 
 def test_knn_every_epoch_is_also_logged():

@@ -19,6 +19,7 @@ import uuid
 from typing import Protocol
 
 import numpy as np
+from etils import epath
 
 from smog_jax.data.settings import DataSettings
 
@@ -174,6 +175,7 @@ def build_fashion_mnist_from_idx(idx_dir: str, data_dir: str | None) -> str:
   final_dir = os.fspath(builder.data_dir)
   tmp_dir = final_dir + f'.incomplete-{uuid.uuid4().hex}'
   tf.io.gfile.makedirs(tmp_dir)
+  split_infos = []  # Given, so that tfds need not find (and print) them.
   for split, (images_stem, labels_stem) in _IDX_FILES.items():
     images = read_idx(_find_idx(idx_dir, images_stem))
     labels = read_idx(_find_idx(idx_dir, labels_stem))
@@ -186,8 +188,11 @@ def build_fashion_mnist_from_idx(idx_dir: str, data_dir: str | None) -> str:
       for image, label in zip(images, labels):
         writer.write(features.serialize_example(
             {'image': image[..., None], 'label': int(label)}))
+    split_infos.append(tfds.core.SplitInfo(
+        name=split, shard_lengths=[len(labels)],
+        num_bytes=tf.io.gfile.stat(path).length))
   tfds.folder_dataset.write_metadata(
-      data_dir=tmp_dir, features=features, split_infos=None,
+      data_dir=tmp_dir, features=features, split_infos=split_infos,
       version=str(builder.version),
       filename_template='{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}',
       description=(f'{builder.info.description}\n\nBuilt offline from the '
@@ -255,6 +260,13 @@ def _not_found_message(settings: Location, cause: str) -> str:
           'of these ways: ' + '; '.join(ways) + '.')
 
 
+def _is_prepared(builder) -> bool:
+  """`builder.is_prepared()`, without tfds's warning about the empty version
+  folder that `tfds.builder` itself makes before a first preparation."""
+  info = epath.Path(builder.data_dir) / 'dataset_info.json'
+  return info.exists() and builder.is_prepared()
+
+
 def get_builder(settings: DataSettings | Location):
   """A prepared tfds builder of `settings.dataset`, built/downloaded if need be.
 
@@ -267,7 +279,7 @@ def get_builder(settings: DataSettings | Location):
   idx_dir = settings.fashion_mnist_idx_dir
   from_idx = (settings.dataset == 'fashion_mnist' and
               idx_files_available(idx_dir))
-  if builder.is_prepared():
+  if _is_prepared(builder):
     if from_idx:
       _check_same_as_idx(builder, idx_dir)
     return builder

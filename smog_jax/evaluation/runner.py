@@ -32,12 +32,14 @@ import tensorflow as tf
 from jax.sharding import Mesh
 
 from smog_jax import checkpointing
+from smog_jax import console
 from smog_jax import export as export_lib
 from smog_jax import jsonl
 from smog_jax import metrics as metrics_lib
 from smog_jax import models
 from smog_jax import sharding as sharding_lib
 from smog_jax.data import settings as settings_lib
+from smog_jax.data import sources
 from smog_jax.evaluation import evaluators
 from smog_jax.evaluation import features as features_lib
 from smog_jax.evaluation import linear as linear_lib
@@ -125,14 +127,79 @@ def make_evaluator(config: ml_collections.ConfigDict,
       standardize_batches=config.linear.standardize_batches)
 
 
+_MODE_TEXT = {
+    'linear': 'the probe on augmented crops through the frozen backbone',
+    'fast': 'the probe on fixed features of the un-augmented training set',
+    'knn': 'weighted kNN on fixed features',
+}
+
+
+def show_start(config: ml_collections.ConfigDict, config_name: str,
+               source: FeatureSource, data: settings_lib.DataSettings,
+               workdir: str) -> None:
+  """The start-up block: which features, which protocol, where."""
+  lin = config.linear
+  if config.mode == 'knn':
+    protocol = f'k={config.knn.k}, temperature {config.knn.temperature}'
+  else:
+    protocol = (f'{lin.epochs} epochs of SGD (lr {lin.learning_rate}, '
+                f'momentum {lin.momentum}, weight decay {lin.weight_decay}),'
+                f' batch {config.batch_size}, features '
+                f'{"standardised" if lin.standardize else "raw"}')
+  console.block(f'smog_jax.linear_eval: {config_name}', [
+      ('features', f'{source.description} (step {source.step:,})'),
+      ('mode', f'{config.mode}: {_MODE_TEXT[config.mode]}'),
+      ('protocol', protocol),
+      ('data', f'{data.dataset}: trained on '
+               f'{sources.train_split(data)}, tested on {data.eval_split}'),
+      ('workdir', workdir),
+      ('full log', console.log_path() or 'on the terminal'),
+  ])
+
+
+def show_result(results: dict[str, Any], workdir: str) -> None:
+  """The closing block: the accuracy, where it was written."""
+  name = 'kNN' if results['mode'] == 'knn' else 'linear'
+  after = ('' if results['mode'] == 'knn' else
+           f' after the final epoch ({results["epochs"]})')
+  console.block(
+      f'Result: {name} top-1 {results["top1"]:.2f} %, top-5 '
+      f'{results["top5"]:.2f} % on {results["num_test_examples"]:,} '
+      f'test images{after}; '
+      f'{console.duration(results["wall_clock_seconds"])}.',
+      [('results', os.path.join(workdir, RESULTS_FILE))])
+
+
+class _EpochLines:
+  """Writes the records and shows about ten epoch lines with an ETA."""
+
+  def __init__(self, writer: metrics_lib.MetricsWriter, epochs: int):
+    self.writer, self.epochs = writer, epochs
+    self.every = max(1, epochs // 10)
+    self.progress = console.Progress(epochs)
+
+  def __call__(self, record: dict[str, Any]) -> None:
+    self.writer(record)
+    epoch = record.get('epoch')
+    if epoch is None:
+      return
+    if not self.progress.started:  # The first epoch compiled.
+      self.progress.start(epoch)
+    if epoch % self.every == 0 or epoch == self.epochs:
+      console.show('epoch %d/%d: loss %.4f, train top-1 %.2f %%, ETA %s',
+                   epoch, self.epochs, record['loss'],
+                   100 * record['train_top1'], self.progress.eta(epoch))
+
+
 def run(config: ml_collections.ConfigDict, workdir: str,
-        mesh: Mesh | None = None) -> dict[str, Any]:
+        mesh: Mesh | None = None, config_name: str = '') -> dict[str, Any]:
   """Runs `config.mode` and writes metrics.jsonl and results.json.
 
   Args:
     config: a `configs/linear_eval.py` config.
     workdir: output directory (created).
     mesh: the 1-D `data` mesh (default: every device).
+    config_name: how the start-up block names the config.
 
   Returns:
     The results (also in WORKDIR/results.json), accuracies in percent.
@@ -147,8 +214,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   source = load_feature_source(config)
   config = with_source_preprocessing(config, source)
   data = settings_lib.resolve(config)  # Once, with the backbone's inputs.
+  show_start(config, config_name, source, data, workdir)
   # Appended to, never truncated: a resumed evaluation keeps its history.
-  log = metrics_lib.MetricsWriter(workdir)
+  writer = metrics_lib.MetricsWriter(workdir)
+  log = _EpochLines(writer, config.linear.epochs)
   results = make_evaluator(config, data, workdir, source.module, mesh,
                            log).run(source.variables)
   results.update({k: 100.0 * results[k] for k in ('top1', 'top5')})
@@ -158,9 +227,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
                  pretrained_step=int(source.step),
                  dataset=str(config.data.dataset), units='percent',
                  wall_clock_seconds=time.time() - start)
-  log(dict(final=True, **results))
+  writer(dict(final=True, **results))
   if jax.process_index() == 0:
     with tf.io.gfile.GFile(os.path.join(workdir, RESULTS_FILE), 'w') as f:
       json.dump({k: jsonl.jsonable(v) for k, v in results.items()}, f,
                 indent=2, sort_keys=True)
+  show_result(results, workdir)
   return results
