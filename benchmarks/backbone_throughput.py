@@ -173,7 +173,8 @@ def main():
         projector_hidden_dim=cfg['proj'], predictor_hidden_dim=cfg['pred'],
         projection_dim=128, head_activation='relu', remat=False,
         zero_init_residual=False, kernel_init='he_fan_out_normal',
-        matmul_small_maps=bool(cfg['matmul']), padding='symmetric'))
+        matmul_small_maps=bool(cfg['matmul']), padding='symmetric',
+        backbone_bn='per_resolution'))
     if cfg['heads']:
       net = models.build_network(mcfg)
       apply_out = lambda out: out['prediction']

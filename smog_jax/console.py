@@ -152,6 +152,15 @@ def block(title: str, rows: list[tuple[str, str]]) -> None:
   show('%s', '\n'.join(lines))
 
 
+def describe_devices(count: int) -> str:
+  """'8 x CPU, 1 process', '64 x TPU v4, 16 processes'."""
+  device = jax.devices()[0]
+  kind = 'CPU' if device.platform == 'cpu' else device.device_kind
+  processes = jax.process_count()
+  return (f'{count} x {kind}, {processes} process'
+          f'{"es" if processes > 1 else ""}')
+
+
 def duration(seconds: float) -> str:
   """'41 s', '22 min 31 s', '3 h 05 min'."""
   seconds = int(round(seconds))

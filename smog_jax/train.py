@@ -144,18 +144,29 @@ def train_step(
     # Online branch, as the reference's multi-crop: the backbone runs once
     # per resolution (its BatchNorm over that resolution's crops; running
     # statistics follow the large crops, the resolution features are
-    # evaluated at), the projector and predictor once over every crop's
-    # features (their BatchNorm statistics pool large and small crops).
+    # evaluated at) or, with `pooled_backbone_bn`, over both resolutions at
+    # once (statistics, running ones too, over all their pixels); the
+    # projector and predictor once over every crop's features (their
+    # BatchNorm statistics pool large and small crops).
     variables = {'params': params, 'batch_stats': state.batch_stats}
-    large, backbone_vars = network.apply(
-        variables, _merge_crops(views['online_large']), train=True,
-        method='features', mutable=['batch_stats'], rngs=dropout(0))
-    features = [large.reshape(-1, num_large, large.shape[-1])]
-    if num_small:
-      small, _ = network.apply(
-          variables, _merge_crops(views['online_small']), train=True,
-          method='features', mutable=['batch_stats'], rngs=dropout(1))
-      features.append(small.reshape(-1, num_small, small.shape[-1]))
+    crops = [views['online_large']] + ([views['online_small']] if num_small
+                                       else [])
+    merged = [_merge_crops(c) for c in crops]
+    if network.pooled_backbone_bn and num_small:
+      outputs, backbone_vars = network.apply(
+          variables, tuple(merged), train=True, method='features',
+          mutable=['batch_stats'], rngs=dropout(0))
+    else:
+      outputs, backbone_vars = [], None
+      for resolution, images in enumerate(merged):
+        out, new_vars = network.apply(
+            variables, images, train=True, method='features',
+            mutable=['batch_stats'], rngs=dropout(resolution))
+        outputs.append(out)
+        if resolution == 0:
+          backbone_vars = new_vars
+    features = [f.reshape(-1, c.shape[1], f.shape[-1])
+                for f, c in zip(outputs, crops)]
     # Example-major [B * V, F], so the concatenation moves no data between
     # devices.
     out, head_vars = network.apply(

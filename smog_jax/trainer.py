@@ -263,7 +263,8 @@ def restore_or_fill(config: ml_collections.ConfigDict,
                                           state)
     for batch in data_lib.make_bank_fill_iterator(data, mesh):
       state = fill(state, batch)
-    console.show('Memory bank filled: %d examples.', plan.num_train_examples)
+    console.show('Memory bank filled: %s examples.',
+                 f'{plan.num_train_examples:,}')
   return state, int(jax.device_get(state.step))
 
 
@@ -271,7 +272,8 @@ def _knn_schedule(config: ml_collections.ConfigDict) -> str:
   every = config.knn_every_epochs
   if every < 0:
     return 'off'
-  when = 'at the end' if every == 0 else f'every {every} epochs and at the end'
+  when = ('at the end' if every == 0 else
+          f'every {every} epochs and at the end')
   return f'{when}, k={config.knn_k}'
 
 
@@ -283,11 +285,8 @@ def show_start(config: ml_collections.ConfigDict, config_name: str,
   crops = f'{d.num_large_crops} x {d.large_crop_size} px'
   if d.num_small_crops:
     crops += f' + {d.num_small_crops} x {d.small_image_size} px'
-  devices = jax.devices()
   console.block(f'smog_jax.main: {config_name}', [
-      ('devices', f'{mesh.size} x {devices[0].platform} '
-                  f'({devices[0].device_kind}) over '
-                  f'{jax.process_count()} process(es)'),
+      ('devices', console.describe_devices(mesh.size)),
       ('data', f'{d.dataset} {sources.train_split(data)}: '
                f'{plan.num_train_examples:,} images; crops {crops} '
                'a pipeline'),

@@ -41,7 +41,7 @@ def tiny_config(**smog_overrides) -> ml_collections.ConfigDict:
                  stem='cifar', block='basic', dtype='float32',
                  bn_momentum=0.9, remat=False, zero_init_residual=True,
                  kernel_init='he_fan_out_normal', matmul_small_maps=True,
-                 padding='symmetric',
+                 padding='symmetric', backbone_bn='per_resolution',
                  projector_hidden_dim=16, predictor_hidden_dim=16,
                  projection_dim=DIM, head_activation='relu'),
       # Plain SGD: on a 2-stage toy network LARS's trust ratio makes the

@@ -21,7 +21,8 @@ def _model_config(backbone, **fields):
              head_gelu_approximate=False, bn_momentum=0.9, width=1.0,
              stem='imagenet', zero_init_residual=False,
              kernel_init='he_fan_out_normal', matmul_small_maps=True,
-             padding='symmetric', layer_norm_epsilon=1e-6)
+             padding='symmetric', backbone_bn='per_resolution',
+             layer_norm_epsilon=1e-6)
   cfg.update(fields)
   return ml_collections.ConfigDict(cfg)
 

@@ -45,14 +45,18 @@ def _forward(network, params, stats, images):
           for k, v in out.items()}
 
 
-def _backbone(network, params, stats, images):
-  """Train-mode backbone features of [B, n, ...] crops: [B * n, F]."""
+def _backbone(network, params, stats, *crops):
+  """Train-mode backbone features of [B, n, ...] crops, `[B * n, F]`, and
+  the backbone's new statistics; several crop sets in one call (BatchNorm
+  pooled over them: tests/test_backbone_bn.py), features concatenated."""
   apply = jax.jit(functools.partial(network.apply, train=True,
                                     method='features',
                                     mutable=['batch_stats']))
-  out, _ = apply({'params': params, 'batch_stats': stats},
-                 images.reshape((-1,) + images.shape[2:]))
-  return np.asarray(out)
+  merged = tuple(x.reshape((-1,) + x.shape[2:]) for x in crops)
+  out, new = apply({'params': params, 'batch_stats': stats},
+                   merged if len(merged) > 1 else merged[0])
+  features = np.concatenate(out) if len(merged) > 1 else np.asarray(out)
+  return features, _np(new['batch_stats']['backbone'])
 
 
 def _numpy_head(params, x, output_norm):
@@ -69,11 +73,15 @@ def _numpy_head(params, x, output_norm):
 
 def _online_branch(network, params, stats, large, small):
   """(projections [nL, B, D], predictions [nL + nS, B, D]) of the online
-  crops: the backbone per resolution, the heads once over every crop (their
-  BatchNorm pools large and small crops, as the reference's multi-crop)."""
+  crops: the backbone per resolution (or pooled), the heads once over every
+  crop (their BatchNorm pools large and small crops, as the reference's
+  multi-crop)."""
   (b, n_large), n_small = large.shape[:2], small.shape[1]
-  features = np.concatenate([_backbone(network, params, stats, large),
-                             _backbone(network, params, stats, small)])
+  if network.pooled_backbone_bn:
+    features, _ = _backbone(network, params, stats, large, small)
+  else:
+    features = np.concatenate([_backbone(network, params, stats, large)[0],
+                               _backbone(network, params, stats, small)[0]])
   z = _numpy_head(params['projector'], features, output_norm=True)
   p = _numpy_head(params['predictor'], z, output_norm=False)
   split = lambda x, n: np.swapaxes(x.reshape(b, n, -1), 0, 1)
@@ -87,8 +95,11 @@ def _log_softmax(x):
   return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def test_step_matches_numpy_rederivation_of_the_spec():
-  network, tx, step_config, state = fx.build()
+@pytest.mark.parametrize('backbone_bn', ['per_resolution', 'pooled'])
+def test_step_matches_numpy_rederivation_of_the_spec(backbone_bn):
+  config = fx.tiny_config()
+  config.model.backbone_bn = backbone_bn
+  network, tx, step_config, state = fx.build(config)
   b = fx.batch()
   old = _np(state)
   new, (metrics,) = _run(sharding.make_mesh(jax.devices()[:1]), state, [b],
@@ -121,6 +132,13 @@ def test_step_matches_numpy_rederivation_of_the_spec():
   np.testing.assert_allclose(metrics['loss'], np.mean(losses), rtol=1e-4)
   assert metrics['group_momentum'] == pytest.approx(beta)
   assert int(new.step) == 1
+  # The backbone's running statistics: the large crops' (per resolution),
+  # or both resolutions' pooled.
+  large, small = (fx.pixels(b[k]) for k in ('online_large', 'online_small'))
+  crops = (large, small) if backbone_bn == 'pooled' else (large,)
+  _, want = _backbone(network, old.params, old.batch_stats, *crops)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4,
+                                 atol=1e-6), new.batch_stats['backbone'], want)
 
 
 def test_target_moves_toward_online_by_exactly_the_ema_rule():

@@ -33,6 +33,10 @@
     matmul (the same parameters and outputs, much faster on XLA:CPU).
   padding: ResNet, 'symmetric' (PyTorch's, so torchvision weights compute
     torchvision's features) or 'same' (XLA's, the runs before 2026-12-06).
+  backbone_bn: ResNet under multi-crop, 'per_resolution' (the reference: the
+    online backbone runs once per resolution, each BatchNorm over that
+    resolution's crops) or 'pooled' (one run over both, each BatchNorm's
+    statistics over the pixels of all crops).
   layer_norm_epsilon: ViT, 1e-6 as torchvision and timm (1e-5 before
     2026-12-06; Swin's is PyTorch's 1e-5, fixed).
 Every config sets the fields its backbone reads (`required_fields`; the
@@ -61,12 +65,13 @@ from smog_jax.models.vit import VIT_SIZES, VisionTransformer
 HEAD_FIELDS = ('projector_hidden_dim', 'predictor_hidden_dim',
                'projection_dim', 'head_activation', 'dtype', 'bn_momentum')
 RESNET_FIELDS = ('width', 'stem', 'remat', 'zero_init_residual',
-                 'kernel_init', 'matmul_small_maps', 'padding')
+                 'kernel_init', 'matmul_small_maps', 'padding', 'backbone_bn')
 # ResNet fields added after the first version, with what the versions before
 # each built, so that their checkpoints and exports build unchanged.
 ADDED_RESNET_FIELDS = dict(remat=False, zero_init_residual=True,
                            kernel_init='he_fan_out_normal',
-                           matmul_small_maps=True, padding='same')
+                           matmul_small_maps=True, padding='same',
+                           backbone_bn='per_resolution')
 # The same for ViT fields.
 ADDED_VIT_FIELDS = dict(layer_norm_epsilon=1e-5)
 # Fields of GELU heads beside HEAD_FIELDS, and those added since as above.
@@ -189,6 +194,18 @@ def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
   return BACKBONES[cfg.backbone](cfg)
 
 
+BACKBONE_BN = ('per_resolution', 'pooled')
+
+
+def _pooled_backbone_bn(cfg: ml_collections.ConfigDict) -> bool:
+  if not _is_resnet(cfg):
+    return False
+  if cfg.backbone_bn not in BACKBONE_BN:
+    raise ValueError(f'Unknown config.model.backbone_bn {cfg.backbone_bn!r}; '
+                     f'use one of {BACKBONE_BN}.')
+  return cfg.backbone_bn == 'pooled'
+
+
 def build_network(cfg: ml_collections.ConfigDict) -> SMoGNetwork:
   """Backbone + projector + predictor as the spec's "Networks" section."""
   common = dict(activation=_head_activation(cfg), dtype=_dtype(cfg),
@@ -198,7 +215,8 @@ def build_network(cfg: ml_collections.ConfigDict) -> SMoGNetwork:
       projector=MLPHead(cfg.projector_hidden_dim, cfg.projection_dim,
                         output_norm=True, **common),
       predictor=MLPHead(cfg.predictor_hidden_dim, cfg.projection_dim,
-                        output_norm=False, **common))
+                        output_norm=False, **common),
+      pooled_backbone_bn=_pooled_backbone_bn(cfg))
 
 
 __all__ = ['BACKBONES', 'MLPHead', 'ResNet', 'SMoGNetwork', 'SwinTransformer',

@@ -48,6 +48,9 @@ class SMoGNetwork(nn.Module):
   backbone: nn.Module
   projector: MLPHead
   predictor: MLPHead
+  # The train step runs a ResNet backbone on the large and small crops in
+  # one call, its BatchNorm statistics pooled (`config.model.backbone_bn`).
+  pooled_backbone_bn: bool = False
 
   def __call__(self, images: jax.Array, train: bool = True,
                with_predictor: bool = True) -> dict[str, jax.Array]:
@@ -56,7 +59,8 @@ class SMoGNetwork(nn.Module):
                       with_predictor=with_predictor)
 
   def features(self, images: jax.Array, train: bool = True) -> jax.Array:
-    """The backbone alone: pooled `[N, F]` features."""
+    """The backbone alone: pooled `[N, F]` features (ResNets: a tuple of
+    them for a tuple of image batches, BatchNorm pooled over the tuple)."""
     return self.backbone(images, train=train)
 
   def heads(self, features: jax.Array, train: bool = True,

@@ -16,6 +16,12 @@ saved before 2026-12-06 trained with).
 BatchNorm has no `axis_name`: the train step is compiled with `jax.jit` over
 global arrays, so the batch mean and variance are already over the whole global
 batch (synchronised BN) wherever the batch is sharded.
+
+Multi-crop: a ResNet called on a tuple of image batches (one per resolution)
+runs every layer on each and normalises each BatchNorm's inputs with
+statistics pooled over all of them, every pixel weighing the same
+(`config.model.backbone_bn='pooled'`); it returns a tuple of features. The
+reference runs the backbone once per resolution instead (`'per_resolution'`).
 """
 
 from __future__ import annotations
@@ -114,6 +120,34 @@ def _padded_conv(mode: str, features: int, kernel_size: Sequence[int],
   return nn.Conv(features, kernel_size, strides, **kwargs)
 
 
+Maps = Any  # One `[N, H, W, C]` array, or a tuple of them (resolutions).
+
+
+def _each(fn: Callable[[jax.Array], jax.Array], x: Maps) -> Maps:
+  """`fn` on one array, or on each array of a tuple."""
+  return tuple(fn(e) for e in x) if isinstance(x, tuple) else fn(x)
+
+
+def _pooled_norm(norm: nn.Module, x: Maps) -> Maps:
+  """`norm` (a BatchNorm) on one array, or on a tuple of arrays with the
+  statistics of all their pixels together.
+
+  The BatchNorm sees every pixel of every array as one `[P, C]` batch, so
+  its mean and variance (and running statistics) weigh each array by its
+  pixel count; each array then gets its own normalised copy back.
+  """
+  if not isinstance(x, tuple):
+    return norm(x)
+  channels = x[0].shape[-1]
+  flat = norm(jnp.concatenate([e.reshape(-1, channels) for e in x]))
+  ends = np.cumsum([math.prod(e.shape[:-1]) for e in x])[:-1]
+  return tuple(y.reshape(e.shape) for y, e in zip(jnp.split(flat, ends), x))
+
+
+def _shape(x: Maps) -> tuple[int, ...]:
+  return (x[0] if isinstance(x, tuple) else x).shape
+
+
 def _last_scale_init(zero: bool) -> Callable[..., jax.Array]:
   """Scale init of a block's last BN: zeros start the block as identity."""
   return nn.initializers.zeros if zero else nn.initializers.ones
@@ -131,17 +165,20 @@ class BasicBlock(nn.Module):
   expansion = 1
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: Maps) -> Maps:
     residual = x
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
-    y = self.act(self.norm()(y))
-    y = self.conv(self.filters, (3, 3))(y)
-    y = self.norm(scale_init=_last_scale_init(self.zero_init_residual))(y)
-    if residual.shape != y.shape:
-      residual = self.conv(self.filters, (1, 1), (self.strides, self.strides),
-                           name='conv_proj')(residual)
-      residual = self.norm(name='norm_proj')(residual)
-    return self.act(residual + y)
+    y = _each(self.conv(self.filters, (3, 3), (self.strides, self.strides)),
+              x)
+    y = _each(self.act, _pooled_norm(self.norm(), y))
+    y = _each(self.conv(self.filters, (3, 3)), y)
+    y = _pooled_norm(
+        self.norm(scale_init=_last_scale_init(self.zero_init_residual)), y)
+    if _shape(residual) != _shape(y):
+      residual = _each(self.conv(self.filters, (1, 1),
+                                 (self.strides, self.strides),
+                                 name='conv_proj'), residual)
+      residual = _pooled_norm(self.norm(name='norm_proj'), residual)
+    return jax.tree.map(lambda r, z: self.act(r + z), residual, y)
 
 
 class BottleneckBlock(nn.Module):
@@ -156,20 +193,22 @@ class BottleneckBlock(nn.Module):
   expansion = 4
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: Maps) -> Maps:
     residual = x
-    y = self.conv(self.filters, (1, 1))(x)
-    y = self.act(self.norm()(y))
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)
-    y = self.act(self.norm()(y))
-    y = self.conv(self.filters * self.expansion, (1, 1))(y)
-    y = self.norm(scale_init=_last_scale_init(self.zero_init_residual))(y)
-    if residual.shape != y.shape:
-      residual = self.conv(self.filters * self.expansion, (1, 1),
-                           (self.strides, self.strides),
-                           name='conv_proj')(residual)
-      residual = self.norm(name='norm_proj')(residual)
-    return self.act(residual + y)
+    y = _each(self.conv(self.filters, (1, 1)), x)
+    y = _each(self.act, _pooled_norm(self.norm(), y))
+    y = _each(self.conv(self.filters, (3, 3), (self.strides, self.strides)),
+              y)
+    y = _each(self.act, _pooled_norm(self.norm(), y))
+    y = _each(self.conv(self.filters * self.expansion, (1, 1)), y)
+    y = _pooled_norm(
+        self.norm(scale_init=_last_scale_init(self.zero_init_residual)), y)
+    if _shape(residual) != _shape(y):
+      residual = _each(self.conv(self.filters * self.expansion, (1, 1),
+                                 (self.strides, self.strides),
+                                 name='conv_proj'), residual)
+      residual = _pooled_norm(self.norm(name='norm_proj'), residual)
+    return jax.tree.map(lambda r, z: self.act(r + z), residual, y)
 
 
 class ResNet(nn.Module):
@@ -209,7 +248,9 @@ class ResNet(nn.Module):
             self.block_cls.expansion)
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, x: Maps, train: bool = True) -> Maps:
+    """Pooled features `[N, F]` of images `[N, H, W, C]`, or a tuple of
+    them for a tuple of image batches (BatchNorm pooled over the tuple)."""
     if self.kernel_init not in KERNEL_INITS:
       raise ValueError(f'Unknown kernel_init {self.kernel_init!r}; use one of '
                        f'{sorted(KERNEL_INITS)}.')
@@ -224,17 +265,17 @@ class ResNet(nn.Module):
                              momentum=self.bn_momentum, epsilon=1e-5,
                              dtype=self.dtype)
     base = max(1, round(64 * self.width))
-    x = x.astype(self.dtype)
+    x = _each(lambda e: e.astype(self.dtype), x)
     if self.stem == 'imagenet':
-      x = conv(base, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
-               name='conv_init')(x)
-      x = nn.relu(norm(name='bn_init')(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=(
-          ((1, 1), (1, 1)) if self.padding == 'symmetric' else 'SAME'))
+      x = _each(conv(base, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
+                     name='conv_init'), x)
+      x = _each(nn.relu, _pooled_norm(norm(name='bn_init'), x))
+      x = _each(lambda e: nn.max_pool(e, (3, 3), strides=(2, 2), padding=(
+          ((1, 1), (1, 1)) if self.padding == 'symmetric' else 'SAME')), x)
     elif self.stem in ('cifar', 'cifar_stride2'):
       stem_strides = (2, 2) if self.stem == 'cifar_stride2' else (1, 1)
-      x = conv(base, (3, 3), stem_strides, name='conv_init')(x)
-      x = nn.relu(norm(name='bn_init')(x))
+      x = _each(conv(base, (3, 3), stem_strides, name='conv_init'), x)
+      x = _each(nn.relu, _pooled_norm(norm(name='bn_init'), x))
     else:
       raise ValueError(f"Unknown ResNet stem {self.stem!r}; use 'imagenet', "
                        "'cifar' or 'cifar_stride2'.")
@@ -249,7 +290,7 @@ class ResNet(nn.Module):
         x = block_cls(base * 2**i, conv=conv, norm=norm, act=nn.relu,
                       strides=strides, name=next(names),
                       zero_init_residual=self.zero_init_residual)(x)
-    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+    return _each(lambda e: jnp.mean(e, axis=(1, 2)).astype(jnp.float32), x)
 
 
 RESNET_DEPTHS = {
