@@ -59,7 +59,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       projection_dim=128, head_activation='relu', dtype='float32',
       bn_momentum=0.9, remat=False, zero_init_residual=False,
       kernel_init='he_fan_out_normal', matmul_small_maps=True,
-      padding='symmetric', backbone_bn='per_resolution'))
+      padding='symmetric', backbone_bn='pooled'))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name='lars', start_lr=0.01, peak_lr=6.0, end_lr=0.0, warmup_epochs=0.3,

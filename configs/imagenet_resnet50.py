@@ -32,8 +32,9 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       # The reference's (torchvision's) initialisation.
       zero_init_residual=False, kernel_init='he_fan_out_normal',
       matmul_small_maps=True, padding='symmetric',
-      # The reference: the online backbone runs once per resolution.
-      backbone_bn='per_resolution'))
+      # The reference: every BatchNorm of the online backbone normalises
+      # with statistics over the pixels of all its crops, large and small.
+      backbone_bn='pooled'))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name='lars', start_lr=0.01, peak_lr=4.8, end_lr=0.0048,

@@ -62,7 +62,7 @@ def _model(backbone: str, stem: str, width: float = 1.0, **kwargs
       backbone=backbone, width=width, stem=stem, dtype='float32',
       bn_momentum=0.9, remat=False, zero_init_residual=False,
       kernel_init='he_fan_out_normal', matmul_small_maps=True,
-      padding='symmetric', backbone_bn='per_resolution', **kwargs))
+      padding='symmetric', backbone_bn='pooled', **kwargs))
 
 
 def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:

@@ -141,13 +141,12 @@ def train_step(
       DROPOUT_RNG: random_streams.dropout_key(state.rng, step, resolution)}
 
   def loss_fn(params):
-    # Online branch, as the reference's multi-crop: the backbone runs once
-    # per resolution (its BatchNorm over that resolution's crops; running
-    # statistics follow the large crops, the resolution features are
-    # evaluated at) or, with `pooled_backbone_bn`, over both resolutions at
-    # once (statistics, running ones too, over all their pixels); the
-    # projector and predictor once over every crop's features (their
-    # BatchNorm statistics pool large and small crops).
+    # Online branch. The backbone runs over both resolutions in one call,
+    # each BatchNorm's statistics (running ones too) over all their pixels,
+    # as the reference (`pooled_backbone_bn`); or once per resolution, each
+    # over its own crops, running statistics from the large crops. The
+    # projector and predictor run once over every crop's features (their
+    # BatchNorm statistics pool large and small crops, as the reference).
     variables = {'params': params, 'batch_stats': state.batch_stats}
     crops = [views['online_large']] + ([views['online_small']] if num_small
                                        else [])

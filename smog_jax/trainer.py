@@ -397,8 +397,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         last_log_time, last_log_step = time.time(), step
       if todo.checkpoint:
         if checkpointing.save(manager, state, config, force=preempted):
-          console.show('Checkpoint of step %d to %s/checkpoints.', step,
-                       workdir)
+          console.show('Checkpoint of step %s to %s/checkpoints.',
+                       f'{step:,}', workdir)
       if preempted:
         logging.warning('Stopped by preemption at step %d.', step)
   if step >= plan.total_steps and record is not None:

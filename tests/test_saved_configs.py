@@ -19,13 +19,14 @@ FLAT_COLOUR_FIELDS = ('brightness', 'contrast', 'saturation', 'hue',
                       'jitter_prob', 'grayscale_prob', 'blur_prob',
                       'blur_sigma', 'solarize_prob')
 ADDED_MODEL_FIELDS = ('remat', 'zero_init_residual', 'kernel_init',
-                      'matmul_small_maps', 'padding')
+                      'matmul_small_maps', 'padding', 'backbone_bn')
 
 
 @pytest.fixture(scope='module')
 def earlier_workdir(tmp_path_factory):
   """(today's `:tiny` config as configs built then: 28 px crops, zero-
-  initialised residual BN, XLA's SAME padding; a workdir whose checkpoint saved it as before
+  initialised residual BN, XLA's SAME padding, the backbone's BatchNorm per
+  resolution; a workdir whose checkpoint saved it as before
   `data.large_crop_size`, the pipelines' records (flat colour fields, the
   blur and solarize probabilities as (A, B) pairs) and the later ResNet
   fields, and after `data.shuffle_buffer` existed; the saved state)."""
@@ -35,6 +36,7 @@ def earlier_workdir(tmp_path_factory):
   config.data.large_crop_size = config.data.image_size
   config.model.zero_init_residual = True
   config.model.padding = 'same'
+  config.model.backbone_bn = 'per_resolution'
   saved = config.to_dict()
   del saved['data']['large_crop_size']
   saved['data']['shuffle_buffer'] = 10_000

@@ -33,10 +33,11 @@
     matmul (the same parameters and outputs, much faster on XLA:CPU).
   padding: ResNet, 'symmetric' (PyTorch's, so torchvision weights compute
     torchvision's features) or 'same' (XLA's, the runs before 2026-12-06).
-  backbone_bn: ResNet under multi-crop, 'per_resolution' (the reference: the
-    online backbone runs once per resolution, each BatchNorm over that
-    resolution's crops) or 'pooled' (one run over both, each BatchNorm's
-    statistics over the pixels of all crops).
+  backbone_bn: ResNet under multi-crop, 'pooled' (the reference: one run
+    of the online backbone over both resolutions, each BatchNorm's
+    statistics over the pixels of all crops) or 'per_resolution' (one run
+    per resolution, each BatchNorm over that resolution's crops; the runs
+    saved before 2026-12-06).
   layer_norm_epsilon: ViT, 1e-6 as torchvision and timm (1e-5 before
     2026-12-06; Swin's is PyTorch's 1e-5, fixed).
 Every config sets the fields its backbone reads (`required_fields`; the

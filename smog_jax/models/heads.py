@@ -49,7 +49,8 @@ class SMoGNetwork(nn.Module):
   projector: MLPHead
   predictor: MLPHead
   # The train step runs a ResNet backbone on the large and small crops in
-  # one call, its BatchNorm statistics pooled (`config.model.backbone_bn`).
+  # one call, its BatchNorm statistics pooled (`config.model.backbone_bn`,
+  # the reference's statistics).
   pooled_backbone_bn: bool = False
 
   def __call__(self, images: jax.Array, train: bool = True,

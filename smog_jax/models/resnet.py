@@ -20,8 +20,9 @@ batch (synchronised BN) wherever the batch is sharded.
 Multi-crop: a ResNet called on a tuple of image batches (one per resolution)
 runs every layer on each and normalises each BatchNorm's inputs with
 statistics pooled over all of them, every pixel weighing the same
-(`config.model.backbone_bn='pooled'`); it returns a tuple of features. The
-reference runs the backbone once per resolution instead (`'per_resolution'`).
+(`config.model.backbone_bn='pooled'`, the reference's statistics); it
+returns a tuple of features. `'per_resolution'` calls it once per resolution
+instead.
 """
 
 from __future__ import annotations
