@@ -82,6 +82,11 @@ def _check_sizes(config: ml_collections.ConfigDict, num_devices: int,
          f'batch_size={batch} is not divisible by the {num_processes} '
          'processes: set --config.batch_size to a multiple of '
          f'{num_processes}.')
+  _check(batch <= num_examples or data.dataset != 'folder',
+         f'batch_size={batch} exceeds the {num_examples} images that could '
+         f'be read under config.data.folder={data.folder!r} (the files '
+         'skipped are listed in skipped.tsv beside its prepared copy): add '
+         'images, or lower --config.batch_size.')
   _check(batch <= num_examples,
          f'batch_size={batch} exceeds the {num_examples} training examples '
          f'of {data.dataset} (config.data.data_dir={data.data_dir!r}): '

@@ -1,10 +1,13 @@
 """Where the images come from: one `DataSource` per split, read by index.
 
-* fashion_mnist, cifar10, cifar100: the split is loaded once into host
-  memory (`ArraySource`, uint8 pixels);
-* imagenet2012: JPEG bytes read through `tfds.data_source`, which needs the
-  prepared copy in the array_record format. A TFRecord-only copy converts
-  in place with one command (see `_CONVERT`).
+* fashion_mnist, cifar10, cifar100, stl10: the split is loaded once into
+  host memory (`ArraySource`, uint8 pixels);
+* imagenet2012: JPEG bytes read through tfds's random access
+  (`as_data_source`), which needs the prepared copy in the array_record
+  format. A TFRecord-only copy converts in place with one command (see
+  `_CONVERT`);
+* folder: any folder of images, prepared once into the same format
+  (smog_jax.data.folder) and read as imagenet2012.
 
 Fashion-MNIST can also be built offline from its IDX files.
 """
@@ -23,9 +26,10 @@ from etils import epath
 
 from smog_jax.data.settings import DataSettings
 
-JPEG_DATASETS = ('imagenet2012',)
+JPEG_DATASETS = ('imagenet2012', 'folder')
 # Side of the images of the in-memory datasets (JPEG datasets vary).
-NATIVE_IMAGE_SIZE = {'fashion_mnist': 28, 'cifar10': 32, 'cifar100': 32}
+NATIVE_IMAGE_SIZE = {'fashion_mnist': 28, 'cifar10': 32, 'cifar100': 32,
+                     'stl10': 96}
 _IDX_FILES = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
     'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
@@ -71,18 +75,16 @@ class ArraySource:
 
 
 class JpegSource:
-  """JPEG bytes and labels of one split through `tfds.data_source`."""
+  """JPEG bytes and labels of one split through tfds's random access."""
 
   encoded = True
   image_shape = None
 
   def __init__(self, settings: DataSettings, split: str):
-    tfds = _tfds()
     builder = get_builder(settings)
     try:
-      self._source = tfds.data_source(
-          settings.dataset, split=split, data_dir=settings.data_dir,
-          download=False, decoders={'image': tfds.decode.SkipDecoding()})
+      self._source = builder.as_data_source(
+          split, decoders={'image': _tfds().decode.SkipDecoding()})
     except NotImplementedError as e:  # No array_record files.
       raise DataNotFoundError(
           f'{builder.data_dir} holds no array_record files, which random '
@@ -250,6 +252,11 @@ def _not_found_message(settings: Location, cause: str) -> str:
           '(config.data.download=True)'
           + (' -- imagenet2012 needs the manually downloaded archives in '
              '<data_dir>/downloads/manual' if name in JPEG_DATASETS else '')]
+  if name == 'stl10':
+    ways.append('(3) on a machine with internet, `python -c "import '
+                'tensorflow_datasets as tfds; tfds.builder(\'stl10\', '
+                f'data_dir=\'{settings.data_dir or "DATA_DIR"}\')'
+                '.download_and_prepare()"`, then copy that data_dir here')
   if name == 'fashion_mnist':
     ways.append('(3) the IDX files, e.g. `apt-get install '
                 'dataset-fashion-mnist` (files in /usr/share/datasets/'
@@ -274,6 +281,9 @@ def get_builder(settings: DataSettings | Location):
     DataNotFoundError: no prepared copy, and none can be built offline or
       downloaded.
   """
+  if settings.dataset == 'folder':
+    from smog_jax.data import folder  # pylint: disable=g-import-not-at-top
+    return folder.builder(settings)
   tfds = _tfds()
   builder = tfds.builder(settings.dataset, data_dir=settings.data_dir)
   idx_dir = settings.fashion_mnist_idx_dir
