@@ -20,9 +20,13 @@ JPEG that needs none of this is kept byte for byte; any other image is
 re-encoded as JPEG of quality `JPEG_QUALITY`.
 
 Files PIL cannot decode in full (zero-byte, truncated, corrupt, not an
-image, unreadable) are skipped, as are non-JPEG images of more than
-`MAX_PIXELS` pixels (decompression bombs); a larger JPEG is decoded at
-1/2 to 1/8 scale (its DCT scaling) and shrunk under that bound.
+image, unreadable) are skipped, as are decompression bombs: non-JPEG images
+of more than `MAX_PIXELS` pixels, JPEGs that even at 1/8 scale would decode
+to more than 4x that (and whatever PIL itself refuses, over
+`PIL.Image.MAX_IMAGE_PIXELS` x 2). A JPEG of more than `MAX_PIXELS` is
+decoded at the largest reduction of its DCT scaling (1/2 .. 1/8) that stays
+above the bound, then shrunk under it; every stored image has at most
+`MAX_PIXELS` pixels.
 
 Labels: when every image file (by its suffix, `IMAGE_SUFFIXES`) lies in a
 sub-folder, each top-level sub-folder is a class (sorted names); when the
@@ -38,6 +42,7 @@ import dataclasses
 import functools
 import hashlib
 import io
+import math
 import multiprocessing
 import os
 import shutil
@@ -173,12 +178,13 @@ def _shrink_size(width: int, height: int, short_side: int | None
                  ) -> tuple[int, int]:
   """The stored size: short side at most `short_side`, pixels at most
   `MAX_PIXELS`."""
-  scale = (MAX_PIXELS / (width * height)) ** 0.5
-  if short_side is not None:
-    scale = min(scale, short_side / min(width, height))
-  if scale >= 1:
+  bound = (MAX_PIXELS / (width * height)) ** 0.5
+  short = math.inf if short_side is None else short_side / min(width, height)
+  if min(bound, short) >= 1:
     return width, height
-  return max(1, round(width * scale)), max(1, round(height * scale))
+  if short <= bound:
+    return round(width * short), round(height * short)
+  return max(1, int(width * bound)), max(1, int(height * bound))
 
 
 def _decoded(image: Image.Image, short_side: int | None
@@ -189,9 +195,12 @@ def _decoded(image: Image.Image, short_side: int | None
   wanted = _shrink_size(*original, short_side)
   if image.format == 'JPEG' and wanted != original:
     image.draft('RGB', wanted)  # DCT scaling: decodes at 1/2 .. 1/8 scale.
-  if image.width * image.height > MAX_PIXELS:
+  # A JPEG decodes at the DCT scale just above the stored size: at most 4x
+  # its pixels.
+  if image.width * image.height > MAX_PIXELS * (
+      4 if image.format == 'JPEG' else 1):
     raise ValueError(f'decompression bomb: {image.width} x {image.height} '
-                     f'pixels, over {MAX_PIXELS}')
+                     'pixels to decode')
   image.load()
   pixels = image
   if image.getexif().get(_ORIENTATION, 1) != 1:

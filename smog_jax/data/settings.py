@@ -21,7 +21,8 @@ IMAGENET_STD = (0.228, 0.224, 0.225)  # As the spec and the reference.
 _PRESETS = {
     'fashion_mnist': dict(
         channels=1, image_size=28, small_image_size=14, mean=(0.2860,),
-        std=(0.3530,), eval_split='test', eval_crop_fraction=1.0),
+        std=(0.3530,), train_split='train', eval_split='test',
+        eval_crop_fraction=1.0),
     'cifar10': dict(
         channels=3, image_size=32, small_image_size=16,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
