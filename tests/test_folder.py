@@ -216,6 +216,18 @@ def test_empty_folder_or_too_few_images_is_one_sentence(tmp_path):
     validation.validate(config, 1, 1, 5)
 
 
+def test_knn_monitor_on_a_label_free_folder_is_refused(mixed):
+  config = eval_fixtures.load_config('folder', 'tiny')
+  config.data.update(dict(folder=mixed[0], data_dir=mixed[1]))
+  validation.validate(config, 1, 1, 24)  # The monitor off: the default.
+  config.knn_every_epochs = 1
+  with pytest.raises(validation.ConfigError, match=(
+      r"needs class labels in the split 'val' of .* \(its splits: "
+      r"\['train'\], without class folders\): set "
+      r'--config.knn_every_epochs=-1')):
+    validation.validate(config, 1, 1, 24)
+
+
 def test_processes_read_the_global_batch(mixed):
   s = _settings(*mixed[:2])
   source = sources.open_source(s, 'train')

@@ -61,7 +61,8 @@ VERSION = '1.0.0'
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif',
                   '.tiff')
 SPLIT_FOLDERS = ('train', 'val')
-# 8192 x 8192: 192 MiB of RGB pixels, decoded in each preparing process.
+# 8192 x 8192, 192 MiB of RGB pixels: the most a stored image has, and a
+# preparing process decodes (a larger JPEG: at most 4x that).
 MAX_PIXELS = 1 << 26
 JPEG_QUALITY = 95
 UNLABELLED = -1
