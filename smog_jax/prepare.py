@@ -16,8 +16,8 @@ from typing import Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 
+from smog_jax import console
 from smog_jax import startup
 
 
@@ -36,6 +36,7 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  console.setup('prepare', None, quiet_imports=console.TENSORFLOW)
   startup.start_process(multi_host=False)
   from smog_jax.data import folder  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
@@ -44,7 +45,7 @@ def main(argv: Sequence[str]) -> None:
                          workers=f.workers)
   except folder.FolderError as e:
     raise SystemExit(f'smog_jax.prepare: {e}') from None
-  logging.info('Ready: %s', out)
+  console.show('Ready: %s', out)
 
 
 if __name__ == '__main__':

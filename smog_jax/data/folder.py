@@ -50,10 +50,10 @@ import time
 import uuid
 
 import numpy as np
-from absl import logging
 from PIL import Image
 from PIL import ImageOps
 
+from smog_jax import console
 from smog_jax.data.sources import DataNotFoundError
 
 NAME = 'smog_folder'  # The tfds name of a prepared folder.
@@ -274,7 +274,7 @@ class _Progress:
     now = time.time()
     if final or now - self.last >= self.every:
       self.last = now
-      logging.info('Preparing %s: %d / %d files (%.0f/s), %d skipped.',
+      console.show('Preparing %s: %d / %d files (%.0f/s), %d skipped.',
                    self.folder, self.done, self.total,
                    self.done / max(now - self.start, 1e-9), self.skipped)
 
@@ -409,7 +409,7 @@ def _prepare_into(folder: str, entries: tuple[Entry, ...],
   _write_atomically(os.path.join(tmp, SKIPPED_FILE),
                     ''.join(line + '\n' for line in skipped))
   _write_metadata(os.path.join(tmp, VERSION), folder, features, counts)
-  logging.info('Prepared %s into %s: %s images; %d files skipped (listed in '
+  console.show('Prepared %s into %s: %s images; %d files skipped (listed in '
                '%s).', folder, out, {s: n for s, (n, _) in counts.items()},
                len(skipped), os.path.join(out, SKIPPED_FILE))
   try:
