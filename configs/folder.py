@@ -49,7 +49,7 @@ def _resnet(backbone: str, stem: str, dtype: str) -> ml_collections.ConfigDict:
       bn_momentum=0.9, remat=False,
       # The reference's (torchvision's) initialisation.
       zero_init_residual=False, kernel_init='he_fan_out_normal',
-      matmul_small_maps=True, padding='symmetric'))
+      matmul_small_maps=True, padding='symmetric', backbone_bn='pooled'))
 
 
 def _lars(batch_size: int) -> ml_collections.ConfigDict:

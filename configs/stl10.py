@@ -52,7 +52,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       bn_momentum=0.9, remat=False,
       # The reference's (torchvision's) initialisation.
       zero_init_residual=False, kernel_init='he_fan_out_normal',
-      matmul_small_maps=True, padding='symmetric'))
+      matmul_small_maps=True, padding='symmetric', backbone_bn='pooled'))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name='lars', start_lr=0.01 * 512 / 4096, peak_lr=4.8 * 512 / 4096,
