@@ -7,6 +7,10 @@ The host decodes and crops; colour, blur and solarize run on the device
     a step uses: online pipeline 2 x 224 + 4 x 96, target pipeline 2 x 224 (8 uint8 crops; the
     reference also makes the target pipeline's 4 small crops, 12 in all, and discards them),
     with and without antialiased resizing; and JPEG decoding alone, the floor.
+(a') The same host feed reading the same JPEGs from a prepared folder
+    (--config.data.dataset=folder: files -> smog_jax.prepare -> array_record
+    read through tfds, as imagenet2012 is read), alternated with (a)'s
+    in-memory bytes, which cost nothing to read: the folder's ratio to it.
 (b) The Fashion-MNIST training pipeline (2 x 28 + 4 x 14 online, 2 x 28 target).
 If torch + torchvision are importable, the reference's full augmentation of the same crops
 (RandomResizedCrop, flip, colour jitter, grayscale, PIL GaussianBlur(radius=sigma), solarize,
@@ -90,6 +94,37 @@ def bench_imagenet(num_images: int, jpegs: list[bytes], antialias: bool) -> floa
                                np.arange(len(jpegs), dtype=np.int32) % 1000)
   ds = pipeline.build_train_dataset(s, source, 0, num_images // 16 + 1, 0, 16)
   return time_tf(ds, num_images, 16)
+
+
+def bench_folder(num_images: int, jpegs: list[bytes], rounds: int = 2):
+  """(folder, in-memory) images/s, best of `rounds` alternations each.
+
+  The JPEGs are written as files, prepared (kept byte for byte), and read
+  back through `sources.open_source` (tfds's array_record random access).
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from smog_jax.data import default_data_config  # pylint: disable=g-import-not-at-top
+  from smog_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from smog_jax.data import settings as settings_lib  # pylint: disable=g-import-not-at-top
+  from smog_jax.data import sources  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as tmp:
+    for i, jpeg in enumerate(jpegs):
+      os.makedirs(os.path.join(tmp, 'images', f'{i % 4}'), exist_ok=True)
+      with open(os.path.join(tmp, 'images', f'{i % 4}', f'{i}.jpg'), 'wb') as f:
+        f.write(jpeg)
+    cfg = ml_collections.ConfigDict(dict(
+        batch_size=16, seed=0, data=default_data_config('folder')))
+    cfg.data.update(dict(folder=os.path.join(tmp, 'images'),
+                         data_dir=os.path.join(tmp, 'tfds')))
+    s = settings_lib.resolve(cfg)
+    source = sources.open_source(s, 'train')
+    folder, memory = [], []
+    for _ in range(rounds):
+      ds = pipeline.build_train_dataset(s, source, 0, num_images // 16 + 1, 0,
+                                        16)
+      folder.append(time_tf(ds, num_images, 16))
+      memory.append(bench_imagenet(num_images, jpegs, False))
+  return max(folder), max(memory)
 
 
 def bench_decode(num_images: int, jpegs: list[bytes]) -> float:
@@ -226,6 +261,11 @@ def main():
           f'{rates[True] / tv["tv8"]:.2f})')
     print(f'    torchvision/PIL, reference 12 crops 2x(2x224+4x96), 1 thread: {tv["tv12"]:.1f} '
           f'images/s/core; ratio = {rate / tv["tv12"]:.2f}')
+
+  folder, memory = bench_folder(args.images, jpegs)
+  print(f"(a') prepared folder (array_record through tfds), the same crops, antialias=False: "
+        f'{folder:.1f} images/s/core; in-memory JPEG bytes alternated with it: {memory:.1f}; '
+        f'ratio folder / in-memory = {folder / memory:.3f} (best of 2 each)')
 
   rate, what = bench_fashion(args.fashion_images)
   print(f'(b) Fashion-MNIST multi-crop ({what}; online 2x28+4x14, target 2x28), tf.data: '

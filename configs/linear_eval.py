@@ -3,7 +3,9 @@
 Variants: imagenet2012 (ResNet-50) and imagenet2012_w2 (ResNet-50 w2): the
 reference ResNet protocol; imagenet2012_swin_t, imagenet2012_vit_s16,
 imagenet2012_vit_b16: the reference transformer protocol (lr 0.1, wd 0, 150
-epochs); cifar10, cifar100, fashion_mnist, fashion_mnist_tiny. The ImageNet
+epochs); cifar10, cifar100, fashion_mnist, fashion_mnist_tiny; stl10
+(ResNet-18 of configs/stl10.py: 'train' -> 'test'); folder (a labelled
+folder of train/ and val/ class folders, --config.data.folder=DIR; the ResNet-50 of configs/folder.py). The ImageNet
 variants are the spec's linear-evaluation row exactly (docs/evaluation.md).
 
 Fields:
@@ -53,7 +55,7 @@ _TRANSFORMERS = {
 }
 _RESNETS = {'imagenet2012': 1.0, 'imagenet2012_w2': 2.0}  # Widths.
 _VARIANTS = (*_RESNETS, *_TRANSFORMERS, 'cifar10', 'cifar100',
-             'fashion_mnist', 'fashion_mnist_tiny')
+             'fashion_mnist', 'fashion_mnist_tiny', 'stl10', 'folder')
 
 
 def _model(backbone: str, stem: str, width: float = 1.0, **kwargs
@@ -82,6 +84,8 @@ def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:
   c.checkpoint_every_epochs = 1
   c.data = default_data_config(dataset)
   c.data.eval_batch_size = 512
+  if dataset == 'stl10':
+    c.data.train_split = 'train'  # The labelled 5,000.
   c.knn = ml_collections.ConfigDict(dict(k=20, temperature=0.07))
   # The reference ResNet recipe: 100 epochs, SGD m0.9, lr 0.3, cosine,
   # wd 1e-6 (Swin-T: lr 0.1, wd 0, 150 epochs). Standardised features are
@@ -109,6 +113,11 @@ def get_config(variant: str = 'fashion_mnist') -> ml_collections.ConfigDict:
     c.linear.update(dict(epochs=150, learning_rate=0.1, weight_decay=0.0))
   elif variant in ('cifar10', 'cifar100'):
     c.model = _model('resnet18', 'cifar')
+  elif variant == 'stl10':
+    c.model = _model('resnet18', 'cifar_stride2')
+  elif variant == 'folder':
+    c.num_classes = ml_collections.config_dict.placeholder(int)  # Found.
+    c.model = _model('resnet50', 'imagenet')
   elif variant == 'fashion_mnist':
     # 60k small grey images: the head converges well before 100 epochs.
     # 'random' baseline = the network of configs/fashion_mnist.py (its

@@ -25,6 +25,7 @@ from etils import epath
 
 from smog_jax import models
 from smog_jax import recipes
+from smog_jax.data import folder as data_folder
 from smog_jax.data import settings as data_settings
 
 CHECKPOINT_SUBDIR = 'checkpoints'
@@ -109,13 +110,22 @@ def check_resumable_config(saved: Mapping[str, Any],
       logging.warning('Resuming with config.%s changed: %r -> %r.', key,
                       old.get(key), new.get(key))
     return
-  changes = '; '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}'
+  changes = '; '.join(_change(k, old.get(k), new.get(k), config)
                       for k in refused)
   hint = (' (these may change with --config.allow_config_change=True)'
           if set(refused) <= changeable else
           '; use a new --workdir for a different run')
   raise CheckpointError(f'The checkpoints in {directory} were written with '
                         f'another config ({changes}){hint}.')
+
+
+def _change(key: str, old: Any, new: Any,
+            config: ml_collections.ConfigDict) -> str:
+  """`key: old -> new`; for a folder's listing, which files differ."""
+  if key == 'data.folder_listing' and old and new:
+    return (f'{key}: {old!r} -> {new!r}, '
+            + data_folder.listing_change(config.data.data_dir, old, new))
+  return f'{key}: {old!r} -> {new!r}'
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,

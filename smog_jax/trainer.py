@@ -339,6 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config_name: how the start-up block names the config.
   """
   mesh = sharding_lib.make_mesh()
+  data_lib.pin_folder_listing(config)  # The listing a resume must find.
   data = data_lib.resolve(config)  # Once: every part reads these settings.
   plan = make_plan(config, data, mesh)
   network, tx, step_config, state = build(config, data, mesh, plan)

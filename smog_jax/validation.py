@@ -82,6 +82,11 @@ def _check_sizes(config: ml_collections.ConfigDict, num_devices: int,
          f'batch_size={batch} is not divisible by the {num_processes} '
          'processes: set --config.batch_size to a multiple of '
          f'{num_processes}.')
+  _check(batch <= num_examples or data.dataset != 'folder',
+         f'batch_size={batch} exceeds the {num_examples} images that could '
+         f'be read under config.data.folder={data.folder!r} (the files '
+         'skipped are listed in skipped.tsv beside its prepared copy): add '
+         'images, or lower --config.batch_size.')
   _check(batch <= num_examples,
          f'batch_size={batch} exceeds the {num_examples} training examples '
          f'of {data.dataset} (config.data.data_dir={data.data_dir!r}): '
@@ -109,6 +114,22 @@ def _check_sizes(config: ml_collections.ConfigDict, num_devices: int,
            f'of {data.dataset}: set --config.data.{name} <= {native}.')
 
 
+def _check_monitor_labels(config: ml_collections.ConfigDict) -> None:
+  """A folder's kNN monitor needs class labels in its evaluation split."""
+  data = config.data
+  if data.dataset != 'folder' or config.knn_every_epochs < 0:
+    return
+  info = sources.get_builder(data_settings.resolve(config)).info
+  split = data.eval_split.split('[')[0]
+  labelled = getattr(info.features['label'], 'num_classes', None)
+  _check(split in info.splits and labelled,
+         f'config.knn_every_epochs={config.knn_every_epochs} needs class '
+         f'labels in the split {split!r} of {data.folder} (its splits: '
+         f'{sorted(info.splits)}, {"with" if labelled else "without"} class '
+         'folders): set --config.knn_every_epochs=-1, or lay the images out '
+         'as train/ and val/, each of one folder per class.')
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int,
              num_processes: int, num_examples: int) -> None:
   """Raises `ConfigError` for the first value the run cannot use.
@@ -122,3 +143,4 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   _check_choices(config)
   _check_ranges(config)
   _check_sizes(config, num_devices, num_processes, num_examples)
+  _check_monitor_labels(config)

@@ -22,7 +22,8 @@ def _load(name, variant=''):
 @pytest.mark.parametrize('name,variant', [
     ('fashion_mnist', ''), ('fashion_mnist', 'tiny'), ('cifar10', ''),
     ('cifar10', 'short'), ('imagenet_resnet50', ''),
-    ('imagenet_resnet50', 'w2')])
+    ('imagenet_resnet50', 'w2'), ('stl10', ''), ('folder', ''),
+    ('folder', 'resnet18_96'), ('folder', 'tiny')])
 def test_config_builds_its_network(name, variant):
   config = _load(name, variant)
   network = models.build_network(config.model)
@@ -74,7 +75,9 @@ PRETRAINING = [('fashion_mnist', ''), ('fashion_mnist', 'tiny'),
                ('cifar10', ''), ('cifar10', 'short'),
                ('imagenet_resnet50', ''), ('imagenet_resnet50', 'w2'),
                ('imagenet_swin_t', None), ('imagenet_vit_s16', ''),
-               ('imagenet_vit_s16', 'b16')]
+               ('imagenet_vit_s16', 'b16'), ('stl10', ''), ('stl10', 'short'),
+               ('folder', 'resnet50_224'), ('folder', 'resnet18_96'),
+               ('folder', 'tiny')]
 
 
 def _fields(config, *sections):

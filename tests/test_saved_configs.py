@@ -13,6 +13,7 @@ import pytest
 import eval_fixtures
 import step_fixtures as fx
 from smog_jax import checkpointing, export, models, report
+from smog_jax.data import settings as data_settings
 
 
 FLAT_COLOUR_FIELDS = ('brightness', 'contrast', 'saturation', 'hue',
@@ -39,6 +40,8 @@ def earlier_workdir(tmp_path_factory):
   config.model.backbone_bn = 'per_resolution'
   saved = config.to_dict()
   del saved['data']['large_crop_size']
+  for name in data_settings.ADDED_VALUES:  # The folder fields.
+    del saved['data'][name]
   saved['data']['shuffle_buffer'] = 10_000
   a, b = saved['data'].pop('pipeline_a'), saved['data'].pop('pipeline_b')
   assert a.keys() == b.keys() == set(FLAT_COLOUR_FIELDS)

@@ -21,6 +21,7 @@ from typing import Iterator
 from smog_jax import sharding
 from smog_jax.data import indices
 from smog_jax.data import sources
+from smog_jax.data.folder import pin_listing as pin_folder_listing
 from smog_jax.data.settings import DataSettings
 from smog_jax.data.settings import default_data_config
 from smog_jax.data.settings import resolve
@@ -29,7 +30,7 @@ from smog_jax.data.sources import DataNotFoundError
 __all__ = [
     'DataNotFoundError', 'DataSettings', 'default_data_config',
     'make_bank_fill_iterator', 'make_eval_iterator', 'make_train_iterator',
-    'num_train_examples', 'resolve', 'steps_per_epoch',
+    'num_train_examples', 'pin_folder_listing', 'resolve', 'steps_per_epoch',
 ]
 
 

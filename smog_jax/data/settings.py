@@ -17,23 +17,36 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.228, 0.224, 0.225)  # As the spec and the reference.
 
 
-
 # Per-dataset defaults of `config.data` (their meanings: default_data_config).
 _PRESETS = {
     'fashion_mnist': dict(
         channels=1, image_size=28, small_image_size=14, mean=(0.2860,),
-        std=(0.3530,), eval_split='test', eval_crop_fraction=1.0),
+        std=(0.3530,), train_split='train', eval_split='test',
+        eval_crop_fraction=1.0),
     'cifar10': dict(
         channels=3, image_size=32, small_image_size=16,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-        eval_split='test', eval_crop_fraction=1.0),
+        train_split='train', eval_split='test', eval_crop_fraction=1.0),
     'cifar100': dict(
         channels=3, image_size=32, small_image_size=16,
         mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
-        eval_split='test', eval_crop_fraction=1.0),
+        train_split='train', eval_split='test', eval_crop_fraction=1.0),
+    # Pre-training on the 100,000 unlabelled images; 'train' (5,000) and
+    # 'test' (8,000) are labelled. Statistics of the unlabelled split.
+    'stl10': dict(
+        channels=3, image_size=96, small_image_size=48,
+        mean=(0.4408, 0.4279, 0.3867), std=(0.2683, 0.2610, 0.2687),
+        train_split='unlabelled', eval_split='test', eval_crop_fraction=1.0),
     'imagenet2012': dict(
         channels=3, image_size=224, small_image_size=96, mean=IMAGENET_MEAN,
-        std=IMAGENET_STD, eval_split='validation',
+        std=IMAGENET_STD, train_split='train', eval_split='validation',
+        eval_crop_fraction=224 / 256),
+    # Any folder of images (smog_jax.data.folder): ImageNet's sizes and
+    # statistics, the usual start for photographs; 'val' is the split of a
+    # folder laid out as train/ and val/.
+    'folder': dict(
+        channels=3, image_size=224, small_image_size=96, mean=IMAGENET_MEAN,
+        std=IMAGENET_STD, train_split='train', eval_split='val',
         eval_crop_fraction=224 / 256),
 }
 DATASETS = tuple(_PRESETS)
@@ -45,10 +58,15 @@ PIPELINES = ('pipeline_a', 'pipeline_b')
 # `solarize_prob` as (A, B) pairs: `upgrade_saved` makes the two records.)
 RETIRED_FIELDS = ('random_access', 'shuffle_buffer')
 ADDED_FIELDS = {'large_crop_size': 'image_size'}
+# Fields added since, with the value every earlier run had.
+ADDED_VALUES = {'folder': None, 'folder_listing': None,
+                'folder_short_side': None}
 # Fields that never change what a run computes: a resumed run may always
 # change them (smog_jax.recipes).
+# (A folder may move: its listing, which a run may not change, is of the
+# paths below it.)
 OPERATIONAL_FIELDS = ('data_dir', 'fashion_mnist_idx_dir', 'download',
-                      'prefetch', 'eval_batch_size')
+                      'prefetch', 'eval_batch_size', 'folder')
 
 
 def _colour(blur_prob: float, solarize_prob: float
@@ -89,7 +107,16 @@ def default_data_config(dataset: str = 'fashion_mnist'
       # Fashion-MNIST IDX files to build the tfds copy from offline.
       fashion_mnist_idx_dir='/usr/share/datasets/fashion-mnist',
       download=True,  # Let tfds download a dataset that is not prepared.
-      train_split='train',
+      # Dataset 'folder': the images' folder (prepared into data_dir on
+      # first use, or by python -m smog_jax.prepare).
+      folder=placeholder(str),
+      # The fingerprint of the folder's listing (paths, sizes, mtimes) the
+      # run trains on; None: the folder as it is when the run starts.
+      folder_listing=placeholder(str),
+      # Preparation shrinks images whose short side exceeds this; None:
+      # full size (under smog_jax.data.folder.MAX_PIXELS).
+      folder_short_side=placeholder(int),
+      train_split=preset['train_split'],
       train_slice=placeholder(int),  # Only the first N training examples.
       # Output channels C (grey sources are replicated, RGB made grey).
       channels=preset['channels'],
@@ -136,6 +163,9 @@ def upgrade_saved(data: ml_collections.ConfigDict) -> None:
     for name, used in ADDED_FIELDS.items():
       if name not in data:
         data[name] = data[used]
+    for name, value in ADDED_VALUES.items():
+      if name not in data:
+        data[name] = value
     if PIPELINES[0] not in data:
       for i, pipeline in enumerate(PIPELINES):
         data[pipeline] = ml_collections.ConfigDict({
@@ -158,6 +188,9 @@ class DataSettings:
   data_dir: str | None
   fashion_mnist_idx_dir: str
   download: bool
+  folder: str | None
+  folder_listing: str | None
+  folder_short_side: int | None
   train_split: str
   train_slice: int | None
   channels: int

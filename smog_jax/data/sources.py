@@ -1,10 +1,13 @@
 """Where the images come from: one `DataSource` per split, read by index.
 
-* fashion_mnist, cifar10, cifar100: the split is loaded once into host
-  memory (`ArraySource`, uint8 pixels);
-* imagenet2012: JPEG bytes read through `tfds.data_source`, which needs the
-  prepared copy in the array_record format. A TFRecord-only copy converts
-  in place with one command (see `_CONVERT`).
+* fashion_mnist, cifar10, cifar100, stl10: the split is loaded once into
+  host memory (`ArraySource`, uint8 pixels);
+* imagenet2012: JPEG bytes read through tfds's random access
+  (`as_data_source`), which needs the prepared copy in the array_record
+  format. A TFRecord-only copy converts in place with one command (see
+  `_CONVERT`);
+* folder: any folder of images, prepared once into the same format
+  (smog_jax.data.folder) and read as imagenet2012.
 
 Fashion-MNIST can also be built offline from its IDX files.
 """
@@ -16,16 +19,17 @@ import functools
 import gzip
 import os
 import uuid
-from typing import Protocol
+from typing import Iterable, Protocol
 
 import numpy as np
 from etils import epath
 
 from smog_jax.data.settings import DataSettings
 
-JPEG_DATASETS = ('imagenet2012',)
+JPEG_DATASETS = ('imagenet2012', 'folder')
 # Side of the images of the in-memory datasets (JPEG datasets vary).
-NATIVE_IMAGE_SIZE = {'fashion_mnist': 28, 'cifar10': 32, 'cifar100': 32}
+NATIVE_IMAGE_SIZE = {'fashion_mnist': 28, 'cifar10': 32, 'cifar100': 32,
+                     'stl10': 96}
 _IDX_FILES = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
     'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
@@ -71,18 +75,16 @@ class ArraySource:
 
 
 class JpegSource:
-  """JPEG bytes and labels of one split through `tfds.data_source`."""
+  """JPEG bytes and labels of one split through tfds's random access."""
 
   encoded = True
   image_shape = None
 
   def __init__(self, settings: DataSettings, split: str):
-    tfds = _tfds()
     builder = get_builder(settings)
     try:
-      self._source = tfds.data_source(
-          settings.dataset, split=split, data_dir=settings.data_dir,
-          download=False, decoders={'image': tfds.decode.SkipDecoding()})
+      self._source = builder.as_data_source(
+          split, decoders={'image': _tfds().decode.SkipDecoding()})
     except NotImplementedError as e:  # No array_record files.
       raise DataNotFoundError(
           f'{builder.data_dir} holds no array_record files, which random '
@@ -153,50 +155,48 @@ def idx_files_available(idx_dir: str) -> bool:
              for stem in pair)
 
 
-def build_fashion_mnist_from_idx(idx_dir: str, data_dir: str | None) -> str:
-  """Writes a prepared tfds copy of fashion_mnist from local IDX files.
+def write_prepared_copy(name: str, data_dir: str | None,
+                        examples: dict[str, Iterable[dict]],
+                        description: str) -> str:
+  """Writes a prepared tfds copy of dataset `name` from its examples.
 
   tfds then loads it like a downloaded one (same name, version, features);
-  example `i` of a split is row `i` of its file. Written to a temporary
+  example `i` of a split is the `i`-th given. Written to a temporary
   sibling folder and renamed into place, so that concurrent processes
   cannot leave a half-written dataset behind.
 
   Args:
-    idx_dir: folder with `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`.
+    name: a tfds dataset name.
     data_dir: tfds data dir (anything `tf.io.gfile` accepts).
+    examples: per split, feature dicts as `builder.info.features` encodes.
+    description: appended to the builder's description.
 
   Returns:
     The folder of the prepared version.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tfds = _tfds()
-  builder = tfds.builder('fashion_mnist', data_dir=data_dir)
+  builder = tfds.builder(name, data_dir=data_dir)
   features = builder.info.features
   final_dir = os.fspath(builder.data_dir)
   tmp_dir = final_dir + f'.incomplete-{uuid.uuid4().hex}'
   tf.io.gfile.makedirs(tmp_dir)
   split_infos = []  # Given, so that tfds need not find (and print) them.
-  for split, (images_stem, labels_stem) in _IDX_FILES.items():
-    images = read_idx(_find_idx(idx_dir, images_stem))
-    labels = read_idx(_find_idx(idx_dir, labels_stem))
-    if images.shape[0] != labels.shape[0]:
-      raise ValueError(f'{idx_dir}: {split} has {images.shape[0]} images '
-                       f'but {labels.shape[0]} labels.')
-    path = os.path.join(tmp_dir,
-                        f'fashion_mnist-{split}.tfrecord-00000-of-00001')
+  for split, split_examples in examples.items():
+    path = os.path.join(tmp_dir, f'{name}-{split}.tfrecord-00000-of-00001')
+    count = 0
     with tf.io.TFRecordWriter(path) as writer:
-      for image, label in zip(images, labels):
-        writer.write(features.serialize_example(
-            {'image': image[..., None], 'label': int(label)}))
+      for example in split_examples:
+        writer.write(features.serialize_example(example))
+        count += 1
     split_infos.append(tfds.core.SplitInfo(
-        name=split, shard_lengths=[len(labels)],
+        name=split, shard_lengths=[count],
         num_bytes=tf.io.gfile.stat(path).length))
   tfds.folder_dataset.write_metadata(
       data_dir=tmp_dir, features=features, split_infos=split_infos,
       version=str(builder.version),
       filename_template='{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}',
-      description=(f'{builder.info.description}\n\nBuilt offline from the '
-                   f'IDX files in {idx_dir}.'),
+      description=f'{builder.info.description}\n\n{description}',
       homepage=builder.info.homepage, citation=builder.info.citation,
       check_data=True)
   try:
@@ -206,6 +206,34 @@ def build_fashion_mnist_from_idx(idx_dir: str, data_dir: str | None) -> str:
       raise
     tf.io.gfile.rmtree(tmp_dir)  # Another process finished first.
   return final_dir
+
+
+def _idx_examples(idx_dir: str, split: str):
+  images_stem, labels_stem = _IDX_FILES[split]
+  images = read_idx(_find_idx(idx_dir, images_stem))
+  labels = read_idx(_find_idx(idx_dir, labels_stem))
+  if images.shape[0] != labels.shape[0]:
+    raise ValueError(f'{idx_dir}: {split} has {images.shape[0]} images '
+                     f'but {labels.shape[0]} labels.')
+  for image, label in zip(images, labels):
+    yield {'image': image[..., None], 'label': int(label)}
+
+
+def build_fashion_mnist_from_idx(idx_dir: str, data_dir: str | None) -> str:
+  """Writes a prepared tfds copy of fashion_mnist from local IDX files
+  (`write_prepared_copy`; the IDX row order kept).
+
+  Args:
+    idx_dir: folder with `{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`.
+    data_dir: tfds data dir (anything `tf.io.gfile` accepts).
+
+  Returns:
+    The folder of the prepared version.
+  """
+  return write_prepared_copy(
+      'fashion_mnist', data_dir,
+      {split: _idx_examples(idx_dir, split) for split in _IDX_FILES},
+      f'Built offline from the IDX files in {idx_dir}.')
 
 
 # A prepared builder.
@@ -250,6 +278,11 @@ def _not_found_message(settings: Location, cause: str) -> str:
           '(config.data.download=True)'
           + (' -- imagenet2012 needs the manually downloaded archives in '
              '<data_dir>/downloads/manual' if name in JPEG_DATASETS else '')]
+  if name == 'stl10':
+    ways.append('(3) on a machine with internet, `python -c "import '
+                'tensorflow_datasets as tfds; tfds.builder(\'stl10\', '
+                f'data_dir=\'{settings.data_dir or "DATA_DIR"}\')'
+                '.download_and_prepare()"`, then copy that data_dir here')
   if name == 'fashion_mnist':
     ways.append('(3) the IDX files, e.g. `apt-get install '
                 'dataset-fashion-mnist` (files in /usr/share/datasets/'
@@ -274,6 +307,9 @@ def get_builder(settings: DataSettings | Location):
     DataNotFoundError: no prepared copy, and none can be built offline or
       downloaded.
   """
+  if settings.dataset == 'folder':
+    from smog_jax.data import folder  # pylint: disable=g-import-not-at-top
+    return folder.builder(settings)
   tfds = _tfds()
   builder = tfds.builder(settings.dataset, data_dir=settings.data_dir)
   idx_dir = settings.fashion_mnist_idx_dir
@@ -330,3 +366,8 @@ def open_source(settings: DataSettings, split: str) -> DataSource:
 def num_examples(settings: DataSettings, split: str) -> int:
   """Examples of `split` (slices allowed)."""
   return len(open_source(settings, split))
+
+
+def num_classes(settings: DataSettings) -> int:
+  """The classes of the dataset's labels (its tfds features)."""
+  return get_builder(settings).info.features['label'].num_classes

@@ -96,7 +96,8 @@ class FastLinear(Evaluator):
 
   def run(self, variables):
     (train_x, train_y), (test_x, test_y) = self.fixed_features(variables)
-    probe = linear_lib.fit_linear(train_x, train_y, self.num_classes,
+    probe = linear_lib.fit_linear(train_x, train_y,
+                                  self.classes(train_y, test_y),
                                   self.linear, self.mesh, log_fn=self.log)
     acc = linear_lib.evaluate_probe(probe, test_x, test_y, self.mesh,
                                     self.linear.eval_batch_size)
@@ -149,7 +150,8 @@ class Linear(Evaluator):
         lin, lin.epochs * -(-num_train // lin.batch_size))
     dim = self._feature_dim(variables)
     state = linear_lib.init_probe(
-        jax.random.key(lin.seed), self.num_classes,
+        jax.random.key(lin.seed),
+        self.num_classes or sources.num_classes(self.data),
         np.zeros((dim,), np.float32), np.ones((dim,), np.float32), tx)
     manager = checkpointing.make_manager(self.workdir, max_to_keep=2,
                                          item_names=('state',))
