@@ -33,6 +33,9 @@ python3 -c 'import jax; print("jax", jax.__version__, jax.devices())'
 
 echo "== ResNet-50 multi-crop SMoG step, with and without device augmentation"
 python3 benchmarks/train_step.py "${step[@]}"
+echo "== The same with the backbone's BatchNorm per resolution (not pooled)"
+python3 benchmarks/train_step.py "${step[@]}" \
+  --config.model.backbone_bn=per_resolution
 echo "== k-means, K = 3000, D = 128, 10 iterations"
 python3 benchmarks/grouping.py "${kmeans[@]}" --repeats=1
 if [[ -f benchmarks/gpu_backbones.py ]]; then
