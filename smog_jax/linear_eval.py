@@ -38,8 +38,16 @@ def main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   console.setup('linear_eval', f.workdir, quiet_imports=console.TENSORFLOW)
   startup.start_process()
+  # pylint: disable=g-import-not-at-top
+  from smog_jax import validation
+  from smog_jax.data import DataNotFoundError
   from smog_jax.evaluation import runner  # After distributed init.
-  runner.run(f.config, f.workdir, config_name=console.config_name(f['config']))
+  try:
+    runner.run(f.config, f.workdir,
+               config_name=console.config_name(f['config']))
+  except (validation.ConfigError, DataNotFoundError) as e:
+    # One sentence that names the problem and the fix; no traceback.
+    raise SystemExit(f'smog_jax.linear_eval: {e}') from None
 
 
 if __name__ == '__main__':

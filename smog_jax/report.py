@@ -15,9 +15,10 @@ memory bank) and writes `OUTPUT/index.html` with these PNG figures:
                    similarity of their memory-bank projections.
 
 Everything comes from the checkpoint and the dataset: no forward pass, so it
-runs on a CPU in seconds. The image figures need a dataset held in memory
-(fashion_mnist, cifar10, cifar100); for imagenet2012 the report has the curves
-and the group sizes only.
+runs on a CPU in seconds. Images are read by index from the run's training
+split (JPEG datasets: decoded and shrunk to `THUMBNAIL_SIDE`); class names
+and agreement appear where the split has labels (a label-free folder or
+STL-10's unlabelled split has none).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ CURVE_TITLES = {
     'grad_norm': 'gradient norm',
 }
 _NOT_CURVES = ('step', 'epoch')
+THUMBNAIL_SIDE = 96  # The longest side of a drawn JPEG-dataset image.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +87,37 @@ class RunData:
   memory_bank: np.ndarray
   centroids: np.ndarray
   metrics: list[dict[str, float]]
+
+
+class Examples:
+  """The run's training images and labels, read by index when drawn."""
+
+  def __init__(self, data: data_lib.DataSettings):
+    self._source = sources.open_source(data, sources.train_split(data))
+    label = sources.get_builder(data).info.features['label']
+    self._names = getattr(label, 'names', None)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def image(self, index: int) -> np.ndarray:
+    """uint8 `[H, W, C]` (a JPEG decoded to RGB and shrunk)."""
+    image = self._source.read(np.array([index]))[0][0]
+    if not self._source.encoded:
+      return image
+    thumbnail = Image.open(io.BytesIO(image)).convert('RGB')
+    thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return np.asarray(thumbnail)
+
+  def labels(self, indices: np.ndarray) -> np.ndarray:
+    return self._source.read(np.asarray(indices).reshape(-1))[1].reshape(
+        np.shape(indices))
+
+  def names(self, labels: np.ndarray) -> Sequence[str] | None:
+    """The class names, or None if `labels` are not all classes."""
+    if self._names is None or labels.size == 0 or labels.min() < 0:
+      return None
+    return self._names
 
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:
@@ -313,15 +346,18 @@ def _frame(ax, color: str) -> None:
     spine.set_linewidth(2.5)
 
 
-def _purity(labels: np.ndarray, names: Sequence[str]) -> str:
-  """'Trouser (81%)': the group's majority class and its share."""
+def _purity(labels: np.ndarray, names: Sequence[str] | None) -> str:
+  """', most common class Trouser (81%)': the group's majority class and
+  its share ('' without labels)."""
+  if names is None:
+    return ''
   counts = np.bincount(labels, minlength=len(names))
   top = int(np.argmax(counts))
-  return f'{names[top]} ({100 * counts[top] / len(labels):.0f}%)'
+  return (f', most common class {names[top]} '
+          f'({100 * counts[top] / len(labels):.0f}%)')
 
 
-def plot_groups(images: np.ndarray, labels: np.ndarray,
-                label_names: Sequence[str], bank: np.ndarray,
+def plot_groups(examples: Examples, bank: np.ndarray,
                 assignments: np.ndarray, centroids: np.ndarray,
                 picks: list[tuple[str, int]], per_group: int, head: int,
                 path: str) -> None:
@@ -334,27 +370,42 @@ def plot_groups(images: np.ndarray, labels: np.ndarray,
   # One sub-figure per group, so that the row titles do not widen a column.
   for sub, (name, k) in zip(fig.subfigures(len(picks), 1, squeeze=False)[:, 0],
                             picks):
-    members = assignments == k
+    members = np.flatnonzero(assignments == k)
     idx = nearest_to_centroid(bank, assignments, centroids[k], k, per_group)
-    sub.suptitle(f'{name}: group #{k}, {int(members.sum()):,} images, most '
-                 f'common class {_purity(labels[members], label_names)}',
+    labels = examples.labels(members)
+    sub.suptitle(f'{name}: group #{k}, {len(members):,} images'
+                 f'{_purity(labels, examples.names(labels))}',
                  x=0.0, ha='left', fontsize=9)
     for col, ax in enumerate(sub.subplots(1, per_group)):
       if col < len(idx):
-        _show(ax, images[idx[col]])
+        _show(ax, examples.image(idx[col]))
       else:
         ax.set_axis_off()
   _save(fig, path)
 
 
-def plot_neighbours(images: np.ndarray, labels: np.ndarray,
-                    label_names: Sequence[str], queries: np.ndarray,
+def class_agreement(examples: Examples, checked: np.ndarray,
+                    neighbours: np.ndarray) -> tuple[float, float] | None:
+  """(share of the neighbours in their query's class, that share for random
+  pairs: sum_c p_c^2 over the queries' classes), or None without labels."""
+  query_labels = examples.labels(checked)
+  neighbour_labels = examples.labels(neighbours)
+  if examples.names(np.concatenate([query_labels,
+                                    neighbour_labels.ravel()])) is None:
+    return None
+  chance = float(np.sum((np.bincount(query_labels) / len(checked)) ** 2))
+  return float(np.mean(neighbour_labels == query_labels[:, None])), chance
+
+
+def plot_neighbours(examples: Examples, queries: np.ndarray,
                     neighbours: np.ndarray, bank_index: int,
-                    agreement: float, num_checked: int, path: str) -> None:
-  """Each query (left) and its nearest neighbours, framed by class match."""
+                    agreement: tuple[float, float] | None, num_checked: int,
+                    path: str) -> None:
+  """Each query (left) and its nearest neighbours, framed by class match
+  when the split has labels."""
   rows, num = neighbours.shape
-  # Two random images share a class with probability sum_c p_c^2.
-  chance = float(np.sum((np.bincount(labels) / len(labels)) ** 2))
+  labels = examples.labels(np.concatenate([queries[:, None], neighbours], 1))
+  names = examples.names(labels)
   fig = mpl_figure.Figure(figsize=(0.85 * (num + 1) + 0.4, 1.15 * rows + 0.7),
                           layout='constrained')
   # Column 1 is an empty spacer between the queries and their neighbours.
@@ -363,21 +414,25 @@ def plot_neighbours(images: np.ndarray, labels: np.ndarray,
   for ax in axes[:, 1]:
     ax.set_axis_off()
   for r, q in enumerate(queries):
-    _show(axes[r, 0], images[q])
+    _show(axes[r, 0], examples.image(q))
     _frame(axes[r, 0], 'black')
-    axes[r, 0].set_title(f'query:\n{label_names[labels[q]]}', fontsize=7,
-                         fontweight='bold')
+    axes[r, 0].set_title('query' + (f':\n{names[labels[r, 0]]}' if names
+                                    else ''), fontsize=7, fontweight='bold')
     for c, n in enumerate(neighbours[r]):
       ax = axes[r, c + 2]
-      _show(ax, images[n])
-      _frame(ax, 'tab:green' if labels[n] == labels[q] else 'tab:red')
-      ax.set_title(label_names[labels[n]], fontsize=7)
-  fig.suptitle(
-      f'Nearest neighbours by cosine similarity of memory-bank projections '
-      f'(bank {bank_index}); green = same class as the query.\n'
-      f'Over {num_checked:,} random queries, {100 * agreement:.1f}% of the '
-      f'neighbours share the query\'s class (chance: {100 * chance:.1f}%).',
-      fontsize=9)
+      _show(ax, examples.image(n))
+      if names:
+        _frame(ax, 'tab:green' if labels[r, c + 1] == labels[r, 0]
+               else 'tab:red')
+        ax.set_title(names[labels[r, c + 1]], fontsize=7)
+  title = ('Nearest neighbours by cosine similarity of memory-bank '
+           f'projections (bank {bank_index})')
+  if agreement is not None:
+    title += (f'; green = same class as the query.\nOver {num_checked:,} '
+              f'random queries, {100 * agreement[0]:.1f}% of the neighbours '
+              'share the query\'s class (random pairs: '
+              f'{100 * agreement[1]:.1f}%).')
+  fig.suptitle(title, fontsize=9)
   _save(fig, path)
 
 
@@ -467,44 +522,37 @@ def write_report(workdir: str, output: str | None = None, head: int = 0,
                   'size of perfectly balanced groups; empty groups are '
                   'counted in the title, not drawn.'))
 
-  if settings.dataset in sources.JPEG_DATASETS:
-    notes.append(f'{settings.dataset} is not held in memory: the image '
-                 'figures are drawn for fashion_mnist and CIFAR runs only.')
-  else:
-    images, labels = sources.load_numpy(settings, settings.train_split,
-                                        settings.train_slice)
-    if len(images) != num_rows:
-      raise ValueError(
-          f'The memory bank has {num_rows} rows but {settings.train_split} '
-          f'(train_slice={settings.train_slice}) has {len(images)} examples: '
-          'the dataset is not the one this run trained on.')
-    label_names = sources.get_builder(settings).info.features['label'].names
-    bank_index = bank_of_head(head, num_banks)
-    picks = sample_groups(sizes[head], num_groups_shown)
-    plot_groups(images, labels, label_names, run.memory_bank[bank_index],
-                assignments[head], run.centroids[head], picks,
-                images_per_group, head, os.path.join(output, 'groups.png'))
-    figures.append(('groups.png', f'Groups of head {head}, from the largest '
-                    'to the smallest non-empty one: each row shows the '
-                    'training images whose bank rows are most similar to the '
-                    'group\'s centroid, with the group\'s size and majority '
-                    'class (labels are not used in training).'))
-    rng = np.random.default_rng(seed)
-    bank = run.memory_bank[0]
-    checked = rng.choice(num_rows, min(agreement_queries, num_rows),
-                         replace=False)
-    neighbours = nearest_neighbours(bank, checked, num_neighbours)
-    agreement = float(np.mean(labels[neighbours] == labels[checked, None]))
-    shown = checked[:num_queries]
-    plot_neighbours(images, labels, label_names, shown,
-                    neighbours[:num_queries], 0, agreement, len(checked),
-                    os.path.join(output, 'neighbours.png'))
-    figures.append(('neighbours.png', 'Random training images (left) and '
-                    'their nearest neighbours among all training images, by '
-                    'cosine similarity of the memory-bank projections (bank '
-                    '0: the online projector output of the first large crop, '
-                    'written when the example was last in a batch), not of '
-                    'backbone features.'))
+  examples = Examples(settings)
+  if len(examples) != num_rows:
+    raise ValueError(
+        f'The memory bank has {num_rows} rows but {settings.train_split} '
+        f'(train_slice={settings.train_slice}) has {len(examples)} examples: '
+        'the dataset is not the one this run trained on.')
+  bank_index = bank_of_head(head, num_banks)
+  picks = sample_groups(sizes[head], num_groups_shown)
+  plot_groups(examples, run.memory_bank[bank_index], assignments[head],
+              run.centroids[head], picks, images_per_group, head,
+              os.path.join(output, 'groups.png'))
+  figures.append(('groups.png', f'Groups of head {head}, from the largest '
+                  'to the smallest non-empty one: each row shows the '
+                  'training images whose bank rows are most similar to the '
+                  'group\'s centroid, with the group\'s size and (where the '
+                  'split has labels) majority class; labels are not used in '
+                  'training.'))
+  rng = np.random.default_rng(seed)
+  bank = run.memory_bank[0]
+  checked = rng.choice(num_rows, min(agreement_queries, num_rows),
+                       replace=False)
+  neighbours = nearest_neighbours(bank, checked, num_neighbours)
+  plot_neighbours(examples, checked[:num_queries], neighbours[:num_queries],
+                  0, class_agreement(examples, checked, neighbours),
+                  len(checked), os.path.join(output, 'neighbours.png'))
+  figures.append(('neighbours.png', 'Random training images (left) and '
+                  'their nearest neighbours among all training images, by '
+                  'cosine similarity of the memory-bank projections (bank '
+                  '0: the online projector output of the first large crop, '
+                  'written when the example was last in a batch), not of '
+                  'backbone features.'))
   path = os.path.join(output, 'index.html')
   with open(path, 'w') as f:
     f.write(_html(f'SMoG run report: step {run.step:,}', facts, figures,

@@ -114,20 +114,34 @@ def _check_sizes(config: ml_collections.ConfigDict, num_devices: int,
            f'of {data.dataset}: set --config.data.{name} <= {native}.')
 
 
-def _check_monitor_labels(config: ml_collections.ConfigDict) -> None:
-  """A folder's kNN monitor needs class labels in its evaluation split."""
-  data = config.data
-  if data.dataset != 'folder' or config.knn_every_epochs < 0:
+def check_folder_labels(data: data_settings.DataSettings, user: str,
+                        fix: str) -> None:
+  """Refuses a folder whose evaluation split has no class labels.
+
+  Args:
+    data: resolved data settings (anything but a folder passes).
+    user: what needs the labels, e.g. 'config.knn_every_epochs=10'.
+    fix: the first way out, before laying the images out by class.
+  """
+  if data.dataset != 'folder':
     return
-  info = sources.get_builder(data_settings.resolve(config)).info
+  info = sources.get_builder(data).info
   split = data.eval_split.split('[')[0]
   labelled = getattr(info.features['label'], 'num_classes', None)
   _check(split in info.splits and labelled,
-         f'config.knn_every_epochs={config.knn_every_epochs} needs class '
-         f'labels in the split {split!r} of {data.folder} (its splits: '
-         f'{sorted(info.splits)}, {"with" if labelled else "without"} class '
-         'folders): set --config.knn_every_epochs=-1, or lay the images out '
-         'as train/ and val/, each of one folder per class.')
+         f'{user} needs class labels in the split {split!r} of '
+         f'{data.folder} (its splits: {sorted(info.splits)}, '
+         f'{"with" if labelled else "without"} class folders): {fix}, or '
+         'lay the images out as train/ and val/, each of one folder per '
+         'class.')
+
+
+def _check_monitor_labels(config: ml_collections.ConfigDict) -> None:
+  """A folder's kNN monitor needs class labels in its evaluation split."""
+  if config.knn_every_epochs >= 0:
+    check_folder_labels(data_settings.resolve(config),
+                        f'config.knn_every_epochs={config.knn_every_epochs}',
+                        'set --config.knn_every_epochs=-1')
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int,

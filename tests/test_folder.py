@@ -15,6 +15,7 @@ from PIL import Image
 
 import cli_runs
 import eval_fixtures
+from smog_jax import report
 from smog_jax import validation
 from smog_jax.data import folder
 from smog_jax.data import pipeline
@@ -258,12 +259,39 @@ def test_pretraining_then_a_changed_folder_is_refused(mixed, tmp_path):
   assert run.returncode == 0, run.stderr[-3000:]
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == [
       '2', '4']
+  # Its report draws groups and neighbours from the prepared JPEGs, with no
+  # classes: the folder has no labels.
+  page = report.write_report(workdir, images_per_group=3, num_queries=2,
+                             num_neighbours=3)
+  assert sorted(os.listdir(os.path.dirname(page))) == [
+      'curves.png', 'group_sizes.png', 'groups.png', 'index.html',
+      'neighbours.png']
+  examples = report.Examples(report.load_run(workdir).data)
+  thumbnail = examples.image(0)
+  assert thumbnail.dtype == np.uint8 and thumbnail.shape[-1] == 3
+  assert max(thumbnail.shape[:2]) <= report.THUMBNAIL_SIDE
+  everyone = np.arange(len(examples))
+  assert examples.names(examples.labels(everyone)) is None
+  assert report.class_agreement(examples, everyone[:2],
+                                everyone[None, 2:4].repeat(2, 0)) is None
   shutil.copy(os.path.join(tree, 'grey.jpg'),
               os.path.join(tree, 'deep', 'added.jpg'))
   run = _main(tree, mixed[1], workdir)
   assert run.returncode == 1 and 'Traceback' not in run.stderr
   assert ('the folder changed since: 1 file added (deep/added.jpg)); use a '
           'new --workdir' in run.stderr.splitlines()[-1])
+
+
+def test_linear_eval_of_a_label_free_folder_is_one_sentence(mixed, tmp_path):
+  config = eval_fixtures.load_config('linear_eval', 'folder')
+  config.data.update(dict(folder=mixed[0], data_dir=mixed[1]))
+  config.pretrained = 'pixels'
+  with pytest.raises(validation.ConfigError,
+                     match=r"smog_jax.linear_eval \(mode 'linear'\) needs "
+                     r"class labels in the split 'val' .* without class "
+                     r'folders\): evaluate a labelled dataset, or lay'):
+    runner.run(config, str(tmp_path / 'linear'))
+  assert not os.path.exists(tmp_path / 'linear' / 'results.json')
 
 
 def test_knn_and_linear_probe_use_the_class_folders(tmp_path):

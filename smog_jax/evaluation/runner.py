@@ -38,6 +38,7 @@ from smog_jax import jsonl
 from smog_jax import metrics as metrics_lib
 from smog_jax import models
 from smog_jax import sharding as sharding_lib
+from smog_jax import validation
 from smog_jax.data import settings as settings_lib
 from smog_jax.data import sources
 from smog_jax.evaluation import evaluators
@@ -214,6 +215,9 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   source = load_feature_source(config)
   config = with_source_preprocessing(config, source)
   data = settings_lib.resolve(config)  # Once, with the backbone's inputs.
+  validation.check_folder_labels(
+      data, f'smog_jax.linear_eval (mode {config.mode!r})',
+      'evaluate a labelled dataset')
   show_start(config, config_name, source, data, workdir)
   # Appended to, never truncated: a resumed evaluation keeps its history.
   writer = metrics_lib.MetricsWriter(workdir)
