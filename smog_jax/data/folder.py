@@ -409,9 +409,10 @@ def _prepare_into(folder: str, entries: tuple[Entry, ...],
   _write_atomically(os.path.join(tmp, SKIPPED_FILE),
                     ''.join(line + '\n' for line in skipped))
   _write_metadata(os.path.join(tmp, VERSION), folder, features, counts)
-  console.show('Prepared %s into %s: %s images; %d files skipped (listed in '
-               '%s).', folder, out, {s: n for s, (n, _) in counts.items()},
-               len(skipped), os.path.join(out, SKIPPED_FILE))
+  images = ', '.join(f'{n:,} {split}' for split, (n, _) in counts.items())
+  console.show('Prepared %s into %s: images %s; %s skipped (listed in %s).',
+               folder, out, images, f'{len(skipped):,} file(s)',
+               os.path.join(out, SKIPPED_FILE))
   try:
     os.rename(tmp, out)
   except OSError:  # Another process finished first.
