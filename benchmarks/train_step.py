@@ -15,11 +15,17 @@ and the augmentation alone.
   python benchmarks/train_step.py --config configs/fashion_mnist.py
   python benchmarks/train_step.py --config configs/fashion_mnist.py \
       --config.batch_size=128 --steps 10 --rounds 3
+  python benchmarks/train_step.py --config configs/fashion_mnist.py --profile
+
+The process is set up as `smog_jax.main` sets itself up (XLA:CPU's flag and
+glibc's malloc: `startup.start_process`). `--profile` instead prints where
+the SMoG step's time goes, per operation category (benchmarks/step_profile.py).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import time
 from unittest import mock
 
@@ -30,13 +36,17 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from smog_jax import augment, models, optim, schedules, sharding, train
+import step_profile
+from smog_jax import augment, models, optim, schedules, sharding, startup
+from smog_jax import train
 from smog_jax import train_state
 from smog_jax import data as data_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per round.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds; best kept.')
+_PROFILE = flags.DEFINE_bool('profile', False, 'Per-operation profile of the '
+                             'SMoG step instead of the comparisons.')
 
 
 def baseline_step(state, batch, *, network, tx, spec):
@@ -104,6 +114,7 @@ def _best_interleaved(fns, states, batch, steps, rounds):
 
 def main(argv):
   del argv
+  startup.start_process(multi_host=False)
   config = _CONFIG.value
   mesh = sharding.make_mesh()
   d = config.data
@@ -132,6 +143,12 @@ def main(argv):
   step_config = train.StepConfig.of(config.smog, sched, spec)
   st = fresh_state()
   smog_fn = train.jit_train_step(network, tx, step_config, mesh, st)
+  if _PROFILE.value:
+    for _ in range(3):  # Compile and warm up.
+      st, _ = smog_fn(st, batch)
+    result, st = step_profile.profile(smog_fn, st, batch, _STEPS.value)
+    step_profile.print_table(result, os.cpu_count())
+    return
   shard = train_state.state_sharding(st, mesh)
   base_fn = jax.jit(functools.partial(baseline_step, network=network, tx=tx,
                                       spec=spec),

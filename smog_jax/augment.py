@@ -277,6 +277,7 @@ def augment_views(images: jax.Array, spec: AugmentSpec, *, stream: Stream,
   return jax.vmap(jax.vmap(one))(images, keys)
 
 
+@jax.named_scope('augmentation')  # Named in profiles.
 def train_views(batch: dict[str, jax.Array], step: jax.Array,
                 spec: AugmentSpec) -> dict[str, jax.Array]:
   """The float views of a training batch (layout: docs/architecture.md).

@@ -32,6 +32,7 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
   return x / jnp.maximum(norm, _NORM_EPS)
 
 
+@jax.named_scope('grouping')  # Named in profiles, as below.
 def assign(features: jax.Array, centroids: jax.Array) -> jax.Array:
   """Hard group assignment a(x) = argmax_k <x, c_k>.
 
@@ -92,6 +93,7 @@ def update_centroids(
   return l2_normalize(momentum * centroids + (1.0 - momentum) * means)
 
 
+@jax.named_scope('grouping')
 def momentum_update(
     centroids: jax.Array,
     features: jax.Array,
@@ -214,6 +216,7 @@ def kmeans(
   return jax.lax.fori_loop(0, num_iters, iteration, centroids)
 
 
+@jax.named_scope('grouping')
 def group_contrastive_loss(
     predictions: jax.Array,
     centroids: jax.Array,

@@ -83,6 +83,7 @@ def _entropy_of_usage(assignments: jax.Array, num_groups: int) -> jax.Array:
   return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(probs), 0.0))
 
 
+@jax.named_scope('ema')  # Named in profiles.
 def ema_update(target: Any, online: Any, momentum: jax.Array) -> Any:
   """target <- m * target + (1 - m) * online, leaf by leaf."""
   return jax.tree.map(lambda t, o: momentum * t + (1.0 - momentum) * o,
@@ -208,8 +209,9 @@ def train_step(
 
   # 4. Optimiser step on the online network, then EMA of the target towards
   #    the *updated* online backbone and projector.
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  with jax.named_scope('optimizer'):
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
   target_params = ema_update(state.target_params, target_subtree(params),
                              ema_momentum)
 
