@@ -2,11 +2,12 @@
 
 `profile(fn, state, batch, steps)` traces `steps` calls, reads the trace
 (`jax.profiler.ProfileData`: on the CPU one event per executed HLO
-instruction, on the thread that ran it) and sums each instruction's time into
+instruction, on the pool thread that ran it; CPU only) and sums each instruction's time into
 a category taken from its metadata in the compiled HLO: the Flax module path
 and named scope of the JAX operation it came from, forward or backward
-(`transpose(...)` in its name). `python benchmarks/train_step.py --profile`
-prints the table.
+(`transpose(...)` in its name); the time no instruction runs is charged to
+the one that ended last before it (see `_idle_after`).
+`python benchmarks/train_step.py --profile` prints the table.
 """
 
 from __future__ import annotations
@@ -23,8 +24,13 @@ import jax
 # An instruction of the compiled HLO and the JAX operation it came from.
 _INSTRUCTION = re.compile(
     r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{op_name="([^"]*)"', re.M)
-# Wrappers around the instructions (they overlap them): not counted.
-_WRAPPERS = ('ThunkExecutor', 'PjitFunction', 'PjRt')
+# The threads of XLA:CPU's pool, which run the instructions.
+_CPU_WORKERS = 'tf_XLAEigen'
+# Instructions without JAX metadata: XLA's layout copies, mostly.
+_UNNAMED = 'no metadata: layout copies (transposes)'
+# Wrappers around the instructions (they overlap them), profiler bookkeeping:
+# not counted.
+_WRAPPERS = ('ThunkExecutor', 'ThreadpoolListener', 'end:')
 
 
 def _category(op_name: str) -> str:
@@ -52,16 +58,46 @@ def _categories(compiled_text: str) -> dict[str, str]:
           for name, op in _INSTRUCTION.findall(compiled_text)}
 
 
+def _events(trace: str, categories: dict[str, str]):
+  """(start ns, end ns, category) of every executed instruction, by start."""
+  events = []
+  for plane in jax.profiler.ProfileData.from_file(trace).planes:
+    for line in plane.lines:
+      if not line.name.startswith(_CPU_WORKERS):
+        continue
+      for event in line.events:
+        if not event.name.startswith(_WRAPPERS):
+          events.append((event.start_ns, event.start_ns + event.duration_ns,
+                         categories.get(event.name, _UNNAMED)))
+  return sorted(events)
+
+
+def _idle_after(events) -> dict[str, float]:
+  """Nanoseconds with no instruction running, each gap charged to the
+  instruction that ended last before it.
+
+  XLA:CPU runs some instructions (convolutions) asynchronously: their event
+  ends when the work is handed to the thread pool, and the work shows as a
+  gap before the next instruction starts.
+  """
+  idle = collections.defaultdict(float)
+  end, owner = events[0][1], events[0][2]
+  for start, stop, category in events[1:]:
+    if start > end:
+      idle[owner] += start - end
+    if stop > end:
+      end, owner = stop, category
+  return idle
+
+
 def profile(fn, state, batch, steps: int):
-  """Per-category milliseconds a step, the wall a step, and the threads'
-  busy share, over `steps` calls of the jitted `fn(state, batch)` (already
-  compiled and warmed up).
+  """Where `steps` calls of the jitted `fn(state, batch)` (compiled and warm)
+  spend their time.
 
   Returns:
-    (rows `[(category, ms per step, share of the busy time)]` largest first,
-    wall seconds per step, busy seconds per step summed over threads,
-    number of threads that ran instructions, instructions run per step), and
-    the state after.
+    (rows `[(category, ms of instructions a step, ms of idle time after
+    them a step)]` largest total first, wall seconds per step, instructions
+    run per step), and the state after.
   """
   categories = _categories(fn.lower(state, batch).compile().as_text())
   folder = tempfile.mkdtemp(prefix='step_profile_')
@@ -74,29 +110,23 @@ def profile(fn, state, batch, steps: int):
     wall = (time.perf_counter() - start) / steps
   trace = sorted(glob.glob(os.path.join(folder, '**', '*.xplane.pb'),
                            recursive=True))[-1]
-  totals = collections.defaultdict(float)
-  threads, count = set(), 0
-  for plane in jax.profiler.ProfileData.from_file(trace).planes:
-    for line in plane.lines:
-      for event in line.events:
-        if event.name.startswith(_WRAPPERS) or event.name not in categories:
-          continue
-        totals[categories[event.name]] += event.duration_ns / 1e9 / steps
-        threads.add(line.name)
-        count += 1
-  busy = sum(totals.values())
-  rows = sorted(((k, 1e3 * v, v / busy) for k, v in totals.items()),
-                key=lambda row: -row[1])
-  return (rows, wall, busy, len(threads), count / steps), state
+  events = _events(trace, categories)
+  ran = collections.defaultdict(float)
+  for begin, stop, category in events:
+    ran[category] += stop - begin
+  idle = _idle_after(events)
+  rows = sorted(((k, ran[k] / 1e6 / steps, idle[k] / 1e6 / steps)
+                 for k in ran), key=lambda row: -row[1] - row[2])
+  return (rows, wall, len(events) / steps), state
 
 
-def print_table(result, cores: int) -> None:
-  """The table `profile` measured, and how busy the cores were."""
-  rows, wall, busy, threads, count = result
-  print(f'{"category":52s} {"ms/step":>9s} {"share":>7s}')
-  for name, ms, share in rows:
-    print(f'{name:52s} {ms:9.1f} {100 * share:6.1f}%')
-  print(f'step wall {1e3 * wall:.1f} ms; {count:.0f} instructions ran '
-        f'{1e3 * busy:.1f} ms on {threads} threads: {busy / wall:.2f} of the '
-        f'{cores} cores busy ({100 * (1 - busy / (cores * wall)):.0f} % '
-        'idle)')
+def print_table(result) -> None:
+  """The table `profile` measured."""
+  rows, wall, count = result
+  print(f'{"category":52s} {"ran ms":>8s} {"+ idle ms":>9s}')
+  for name, ran, idle in rows:
+    print(f'{name:52s} {ran:8.1f} {idle:9.1f}')
+  ran, idle = (sum(row[i] for row in rows) for i in (1, 2))
+  print(f'step wall {1e3 * wall:.1f} ms: {count:.0f} instructions ran '
+        f'{ran:.1f} ms (summed over threads); no instruction ran for '
+        f'{idle:.1f} ms ({100 * idle / (1e3 * wall):.0f} % of the wall)')

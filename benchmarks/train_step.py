@@ -25,7 +25,6 @@ the SMoG step's time goes, per operation category (benchmarks/step_profile.py).
 from __future__ import annotations
 
 import functools
-import os
 import time
 from unittest import mock
 
@@ -147,7 +146,7 @@ def main(argv):
     for _ in range(3):  # Compile and warm up.
       st, _ = smog_fn(st, batch)
     result, st = step_profile.profile(smog_fn, st, batch, _STEPS.value)
-    step_profile.print_table(result, os.cpu_count())
+    step_profile.print_table(result)
     return
   shard = train_state.state_sharding(st, mesh)
   base_fn = jax.jit(functools.partial(baseline_step, network=network, tx=tx,
