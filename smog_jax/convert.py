@@ -582,8 +582,7 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  console.setup('convert', None)
-  startup.start_process(multi_host=False)
+  startup.start_binary('convert', None, multi_host=False)
   f = flags.FLAGS
   try:
     if bool(f.from_torch) == bool(f.to_torch):

@@ -334,8 +334,7 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  console.setup('export', flags.FLAGS.workdir)
-  startup.start_process(multi_host=False)
+  startup.start_binary('export', flags.FLAGS.workdir, multi_host=False)
   export_backbone(flags.FLAGS.workdir, flags.FLAGS.output)
 
 

@@ -36,8 +36,8 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  console.setup('main', f.workdir, quiet_imports=console.TENSORFLOW)
-  startup.start_process()
+  startup.start_binary('main', f.workdir, multi_host=True,
+                       quiet_imports=console.TENSORFLOW)
   # pylint: disable=g-import-not-at-top
   from smog_jax import checkpointing, trainer, validation
   from smog_jax.data import DataNotFoundError

@@ -36,8 +36,7 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  console.setup('prepare', None)
-  startup.start_process(multi_host=False)
+  startup.start_binary('prepare', None, multi_host=False)
   from smog_jax.data import folder  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   try:

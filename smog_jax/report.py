@@ -579,8 +579,8 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  console.setup('report', f.workdir, quiet_imports=console.TENSORFLOW)
-  startup.start_process(multi_host=False)
+  startup.start_binary('report', f.workdir, multi_host=False,
+                       quiet_imports=console.TENSORFLOW)
   write_report(f.workdir, f.output, head=f.head,
                num_groups_shown=f.num_groups_shown,
                images_per_group=f.images_per_group,

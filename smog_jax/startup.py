@@ -1,8 +1,9 @@
-"""Process start-up of every binary: XLA:CPU's flag, the multi-host runtime,
-glibc's malloc for XLA:CPU's per-step buffers (docs/benchmarks.md).
+"""Process start-up of every binary: its terminal and log file
+(smog_jax.console), XLA:CPU's flag, the multi-host runtime, glibc's malloc for
+XLA:CPU's per-step buffers (docs/benchmarks.md).
 
-Each binary's `main` calls `start_process()` first, before JAX creates a
-backend.
+Each binary's `main` calls `start_binary(...)` first, before JAX creates a
+backend; benchmarks and tests call `start_process()` alone.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import jax
 from absl import logging
 
+from smog_jax import console
 from smog_jax import distributed
 
 
@@ -89,3 +91,11 @@ def start_process(multi_host: bool = True) -> None:
   if keep_freed_host_memory():
     logging.info('glibc malloc keeps freed memory for reuse; for huge pages '
                  'too, start with GLIBC_TUNABLES=%s', CPU_MALLOC_TUNABLES)
+
+
+def start_binary(program: str, workdir: str | None, multi_host: bool,
+                 quiet_imports: tuple[str, ...] = ()) -> None:
+  """What every binary's `main` does first: its terminal and log file
+  (`console.setup`), then `start_process(multi_host)`."""
+  console.setup(program, workdir, quiet_imports=quiet_imports)
+  start_process(multi_host)
