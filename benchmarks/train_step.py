@@ -24,8 +24,10 @@ the SMoG step's time goes, per operation category (benchmarks/step_profile.py).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
+from typing import Any, Callable
 from unittest import mock
 
 import jax
@@ -111,27 +113,41 @@ def _best_interleaved(fns, states, batch, steps, rounds):
   return best
 
 
-def main(argv):
-  del argv
-  startup.start_process(multi_host=False)
-  config = _CONFIG.value
+# The schedules' length: a run of this many steps and steps an epoch.
+TOTAL_STEPS, STEPS_PER_EPOCH = 1000, 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What a timed SMoG step needs: its pieces, synthetic crops, a state."""
+  mesh: Any
+  network: Any
+  schedules: schedules.Schedules
+  tx: optax.GradientTransformation
+  spec: augment.AugmentSpec
+  host_batch: dict[str, np.ndarray]
+  batch: dict[str, jax.Array]
+  fresh_state: Callable[[], train_state.TrainState]
+
+
+def setup(config) -> Setup:
+  """The network, optimiser and schedules of `config`, random uint8 crops
+  of one global batch (seeded), and a function making the initial state."""
   mesh = sharding.make_mesh()
   d = config.data
   network = models.build_network(config.model)
-  sched = schedules.from_config(config, 1000, 100)
+  sched = schedules.from_config(config, TOTAL_STEPS, STEPS_PER_EPOCH)
   tx = optim.make_optimizer(config.optimizer, sched.learning_rate)
   s, ss, c = d.large_crop_size, d.small_image_size, d.channels
   b = config.batch_size
   rng = np.random.default_rng(0)
   crops = lambda n, size: rng.integers(0, 256, (b, n, size, size, c), np.uint8)
-  batch = dict(
+  host_batch = dict(
       online_large=crops(d.num_large_crops, s),
       online_small=crops(d.num_small_crops, ss),
       target_large=crops(d.num_large_crops, s),
       index=np.arange(b, dtype=np.int32), epoch=np.zeros(b, np.int32),
       label=np.zeros(b, np.int32))
-  batch = sharding.shard_host_batch(batch, mesh)
-  spec = data_lib.resolve(config).augment_spec
 
   def fresh_state():
     st = train_state.create_train_state(
@@ -139,6 +155,21 @@ def main(argv):
         config.smog.num_groups)
     return jax.device_put(st, train_state.state_sharding(st, mesh))
 
+  return Setup(mesh, network, sched, tx, data_lib.resolve(config).augment_spec,
+               host_batch, sharding.shard_host_batch(host_batch, mesh),
+               fresh_state)
+
+
+def main(argv):
+  del argv
+  startup.start_process(multi_host=False)
+  config = _CONFIG.value
+  pieces = setup(config)
+  mesh, network, sched, tx, spec, batch, fresh_state = (
+      pieces.mesh, pieces.network, pieces.schedules, pieces.tx, pieces.spec,
+      pieces.batch, pieces.fresh_state)
+  d, b = config.data, config.batch_size
+  s, ss = d.large_crop_size, d.small_image_size
   step_config = train.StepConfig.of(config.smog, sched, spec)
   st = fresh_state()
   smog_fn = train.jit_train_step(network, tx, step_config, mesh, st)
