@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from jax.extend import core as jax_core
 from ml_collections import config_flags
 
 from smog_jax import models, startup
@@ -57,7 +58,7 @@ def _convolutions(jaxpr) -> list:
                     tuple(eqn.invars[1].aval.shape),
                     tuple(eqn.params['window_strides']),
                     tuple(tuple(p) for p in eqn.params['padding'])))
-    for sub in jax.core.jaxprs_in_params(eqn.params):
+    for sub in jax_core.jaxprs_in_params(eqn.params):
       found += _convolutions(sub)
   return found
 
@@ -96,8 +97,8 @@ def _conv_ops(lhs, rhs, strides, padding, torch):
   x, w, g = (jax.device_put(a) for a in (x, w, g))
   wait = jax.block_until_ready
   tx = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)
-  tw = torch.from_numpy(np.asarray(w)).permute(3, 2, 0, 1)
-  tg = torch.from_numpy(np.asarray(g)).permute(0, 3, 1, 2)
+  tw = torch.from_numpy(np.array(w)).permute(3, 2, 0, 1)
+  tg = torch.from_numpy(np.array(g)).permute(0, 3, 1, 2)
   cl = torch.channels_last
   tx, tw, tg = (t.contiguous(memory_format=cl) for t in (tx, tw, tg))
   tpad = [p[0] for p in padding]
@@ -191,7 +192,7 @@ def _module_ops(module, x_shape, torch_module, torch):
     tg = torch.from_numpy(g).permute(0, 3, 1, 2).contiguous(
         memory_format=torch.channels_last)
   else:
-    tx, tg = torch.from_numpy(np.asarray(x)), torch.from_numpy(g)
+    tx, tg = torch.from_numpy(np.array(x)), torch.from_numpy(g)
   tx.requires_grad_(True)
   torch_params = [tx, *torch_module.parameters()]
 

@@ -934,8 +934,8 @@ def main(argv):
         f'{float(first_torch["loss"]):.4f}, at its last step '
         f'{float(torch_metrics["loss"]):.4f}; ours at its last step '
         f'{float(jax_metrics["loss"]):.4f}' + (
-            '' if photometric else ' (the same steps from the same state: '
-            'equal up to float32 rounding)'))
+            '' if photometric else ' (the same steps from the same state, '
+            'apart by float32 rounding that grows over the steps)'))
 
 
 if __name__ == '__main__':
