@@ -9,8 +9,7 @@ Variants (`--config configs/fashion_mnist.py:VARIANT`):
           the reference), trained on 2 x 20 px crops of scale 0.4-1 per
           pipeline (no small crops) and evaluated on the 28 px images, the
           reference's 2048-wide projector and predictor, 3 heads x 256
-          groups, LARS peak lr 6, 20 epochs (bfloat16 compute on a CPU
-          with AMX, float32 elsewhere): sized for 30
+          groups, LARS peak lr 6, 20 epochs in float32: sized for 30
           minutes of a 2-core CPU; the runs that chose it are in
           docs/quality.md, results in README.md.
   tiny    a 2-stage width-4 ResNet, 2 heads x 8 groups, batch 16, 64 training
@@ -48,17 +47,16 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
     pipeline.blur_sigma = (0.1 * 28 / 224, 2.0 * 28 / 224)
 
   # The stride-2 stem: at equal steps as good as the 28 px first stage it
-  # replaces, for a fraction of the work, so more epochs fit. dtype 'auto':
-  # bfloat16 on a CPU with AMX, where its step is the faster, float32
-  # elsewhere (on an AVX2-only CPU bfloat16 was the slower; docs/quality.md,
-  # docs/benchmarks.md).
+  # replaces, for a fraction of the work, so more epochs fit. float32: on
+  # an AVX2-only CPU faster than bfloat16 (on one with AMX, bfloat16 was
+  # the faster at 28 px; docs/quality.md).
   # The reference's 2048 hidden units in the heads: above 512 in short
   # screens, level with it at full length (28 px, 14-15 epochs).
   config.model = ml_collections.ConfigDict(dict(
       backbone='resnet', stage_sizes=(1, 1, 1), width=0.5,
       stem='cifar_stride2',
       block='basic', projector_hidden_dim=2048, predictor_hidden_dim=2048,
-      projection_dim=128, head_activation='relu', dtype='auto',
+      projection_dim=128, head_activation='relu', dtype='float32',
       bn_momentum=0.9, remat=False, zero_init_residual=False,
       kernel_init='he_fan_out_normal', matmul_small_maps=True,
       padding='symmetric', backbone_bn='pooled'))

@@ -290,9 +290,7 @@ def show_start(config: ml_collections.ConfigDict, config_name: str,
       ('data', f'{d.dataset} {sources.train_split(data)}: '
                f'{plan.num_train_examples:,} images; crops {crops} '
                'a pipeline'),
-      ('model', f'{m.backbone}, {num_params:,} parameters, '
-                f'{models.compute_dtype(m)}'
-                f'{" (auto)" if m.dtype == "auto" else ""} compute; '
+      ('model', f'{m.backbone}, {num_params:,} parameters; '
                 f'{config.smog.num_heads} heads x '
                 f'{config.smog.num_groups} groups'),
       ('plan', f'{plan.total_steps:,} steps of {config.batch_size} '

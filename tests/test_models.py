@@ -270,30 +270,6 @@ def test_bfloat16_step_agrees_with_float32():
   assert moved > 3e-2
 
 
-@pytest.mark.parametrize('backend,flags,want', [
-    ('cpu', {'avx2', 'avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16'},
-     'bfloat16'),
-    ('cpu', {'avx2', 'avx512f', 'avx512_bf16'}, 'float32'),  # Not measured.
-    ('cpu', {'avx2', 'fma'}, 'float32'),
-    ('cpu', set(), 'float32'),
-    ('gpu', {'amx_bf16'}, 'float32'), ('tpu', {'amx_bf16'}, 'float32')])
-def test_auto_dtype_is_bfloat16_on_cpus_with_amx_only(backend, flags, want):
-  assert models.auto_dtype(backend, frozenset(flags)) == want
-
-
-def test_compute_dtype_resolves_auto_here_and_refuses_unknown_names():
-  cfg = lambda dtype: ml_collections.ConfigDict(dict(dtype=dtype))
-  assert models.compute_dtype(cfg('float32')) == 'float32'
-  assert models.compute_dtype(cfg('bfloat16')) == 'bfloat16'
-  # pylint: disable-next=protected-access
-  here = models.auto_dtype(jax.default_backend(), models._cpu_flags())
-  assert models.compute_dtype(cfg('auto')) == here
-  with open('/proc/cpuinfo') as f:
-    assert (here == 'bfloat16') == (' amx_bf16' in f.read())
-  with pytest.raises(ValueError, match="dtype 'float16'; use one of"):
-    models.compute_dtype(cfg('float16'))
-
-
 def test_gelu_heads_are_the_exact_gelu():
   cfg = _model_config('swin', **TINY_BACKBONES['swin'])
   got, re_derived = fx.predictor_output(cfg)

@@ -23,10 +23,7 @@
   head_gelu_approximate: GELU heads, False for the exact GELU (PyTorch's
     `nn.GELU()`, the reference's), True for Flax's tanh approximation (the
     GELU heads before 2026-12-06). The backbones' GELUs are exact, fixed.
-  dtype: computation dtype, 'float32', 'bfloat16' or 'auto' (bfloat16 on the
-    CPU backend of a CPU with AMX, where XLA:CPU runs the small ResNets
-    faster in it; float32 elsewhere: `compute_dtype`). Parameters, optimiser
-    state and the SMoG math stay float32 in every case.
+  dtype: computation dtype, 'float32' or 'bfloat16'.
   bn_momentum: decay of BN running statistics.
   zero_init_residual: ResNet, the last BN scale of each residual block
     starts at zero (False in the reference, torchvision's default).
@@ -56,7 +53,6 @@ import functools
 from typing import Callable
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -187,43 +183,8 @@ def _head_activation(cfg: ml_collections.ConfigDict) -> Callable:
   return act
 
 
-DTYPES = ('float32', 'bfloat16', 'auto')
-# A CPU flag under which XLA:CPU ran the Fashion-MNIST step faster in
-# bfloat16 than in float32 (docs/benchmarks.md); without it bfloat16 ran
-# slower (an AVX2-only CPU) or was not measured.
-_BFLOAT16_CPU_FLAG = 'amx_bf16'
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_flags() -> frozenset[str]:
-  """The CPU's feature flags (Linux's /proc/cpuinfo; none elsewhere)."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      return frozenset(next((line.split(':', 1)[1].split() for line in f
-                             if line.startswith('flags')), ()))
-  except OSError:
-    return frozenset()
-
-
-def auto_dtype(backend: str, cpu_flags: frozenset[str]) -> str:
-  """What `dtype='auto'` computes in: bfloat16 on the CPU backend of a CPU
-  with AMX, float32 anywhere else."""
-  return ('bfloat16' if backend == 'cpu' and _BFLOAT16_CPU_FLAG in cpu_flags
-          else 'float32')
-
-
-def compute_dtype(cfg: ml_collections.ConfigDict) -> str:
-  """`cfg.dtype` ('float32', 'bfloat16'; 'auto' resolved on this machine)."""
-  if cfg.dtype not in DTYPES:
-    raise ValueError(f'Unknown config.model.dtype {cfg.dtype!r}; use one of '
-                     f'{DTYPES}.')
-  if cfg.dtype != 'auto':
-    return cfg.dtype
-  return auto_dtype(jax.default_backend(), _cpu_flags())
-
-
 def _dtype(cfg: ml_collections.ConfigDict):
-  return jnp.dtype(compute_dtype(cfg))
+  return jnp.dtype(cfg.dtype)
 
 
 def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
@@ -261,4 +222,4 @@ def build_network(cfg: ml_collections.ConfigDict) -> SMoGNetwork:
 
 __all__ = ['BACKBONES', 'MLPHead', 'ResNet', 'SMoGNetwork', 'SwinTransformer',
            'VisionTransformer', 'build_backbone', 'build_network',
-           'compute_dtype', 'required_fields', 'resnet', 'upgrade_saved']
+           'required_fields', 'resnet', 'upgrade_saved']
