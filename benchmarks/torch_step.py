@@ -16,7 +16,8 @@ without gradient; per head the targets from the old centroids, the momentum
 update of the centroids from online large crop h mod n_large, the
 cross-entropy against the new centroids / tau; LARS as optax's (weight
 decay, trust ratio, -lr, momentum trace; the same masks); the EMA of the
-target; and the step's monitoring metrics. It runs eagerly in float32,
+target; and the step's monitoring metrics. It runs eagerly in float32
+(ours in the config's `model.dtype`; `--check` needs float32),
 channels_last, on `torch.get_num_threads()` threads (`--threads`, default:
 every core this process may use).
 
@@ -52,7 +53,7 @@ per operator (torch.profiler) instead of timing both; ours is
 `benchmarks/train_step.py --profile`. PyTorch is not a project
 requirement: `pip install torch --index-url
 https://download.pytorch.org/whl/cpu`. Not mirrored: ResNet configs with
-small crops, `remat`, 'same' padding, bfloat16, or a non-LARS optimiser (the
+small crops, `remat`, 'same' padding, or a non-LARS optimiser (the
 script says so and stops); BN running variances (PyTorch's unbiased, Flax's
 biased: a relative 1 / (N - 1) in the running statistics only). Neither
 step writes a memory bank (benchmarks/train_step.py's state has none).
@@ -140,8 +141,9 @@ def _check_supported(config) -> None:
       problems.append(f"padding {model.padding!r} (only 'symmetric')")
     if model.remat:
       problems.append('remat')
-  if model.dtype != 'float32':
-    problems.append(f'dtype {model.dtype!r} (float32 only)')
+  if _CHECK.value and model.dtype != 'float32':
+    problems.append(f'dtype {model.dtype!r} under --check (which compares '
+                    'float32 steps)')
   if config.data.num_small_crops:
     problems.append('small crops (data.num_small_crops must be 0)')
   if config.optimizer.name != 'lars':
@@ -876,7 +878,8 @@ def main(argv):
         f'channels={c} heads={config.smog.num_heads} '
         f'groups={config.smog.num_groups} backbone={config.model.backbone} '
         f'stages={tuple(_resnet_plan(config.model)[0])} '
-        f'width={config.model.width} stem={config.model.stem}')
+        f'width={config.model.width} stem={config.model.stem} compute: '
+        f'ours {config.model.dtype}, PyTorch float32')
   print(f'online parameters: ours {ours_count:,}, PyTorch {torch_count:,} '
         f'({"equal" if ours_count == torch_count else "DIFFERENT"}; every '
         'key and shape matched when ours were loaded)')
