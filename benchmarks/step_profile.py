@@ -53,13 +53,18 @@ def _category(op_name: str) -> str:
   return kind + (' (backward)' if 'transpose(' in op_name else '')
 
 
+# An instruction of the compiled HLO and the shape it produces.
+_SHAPE = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\w+\[[\d,]*\])', re.M)
+
+
 def _categories(compiled_text: str) -> dict[str, str]:
   return {name: _category(op)
           for name, op in _INSTRUCTION.findall(compiled_text)}
 
 
-def _events(trace: str, categories: dict[str, str]):
-  """(start ns, end ns, category) of every executed instruction, by start."""
+def _events(trace: str, categories: dict[str, str] | None):
+  """(start ns, end ns, category) of every executed instruction, by start;
+  with `categories` None the instruction's own name instead."""
   events = []
   for plane in jax.profiler.ProfileData.from_file(trace).planes:
     for line in plane.lines:
@@ -68,6 +73,7 @@ def _events(trace: str, categories: dict[str, str]):
       for event in line.events:
         if not event.name.startswith(_WRAPPERS):
           events.append((event.start_ns, event.start_ns + event.duration_ns,
+                         event.name if categories is None else
                          categories.get(event.name, _UNNAMED)))
   return sorted(events)
 
@@ -97,9 +103,11 @@ def profile(fn, state, batch, steps: int):
   Returns:
     (rows `[(category, ms of instructions a step, ms of idle time after
     them a step)]` largest total first, wall seconds per step, instructions
-    run per step), and the state after.
+    run per step, the same rows per HLO instruction), and the state after.
   """
-  categories = _categories(fn.lower(state, batch).compile().as_text())
+  compiled = fn.lower(state, batch).compile().as_text()
+  categories = _categories(compiled)
+  shapes = dict(_SHAPE.findall(compiled))
   folder = tempfile.mkdtemp(prefix='step_profile_')
   jax.block_until_ready(state)
   with jax.profiler.trace(folder):
@@ -111,18 +119,26 @@ def profile(fn, state, batch, steps: int):
   trace = sorted(glob.glob(os.path.join(folder, '**', '*.xplane.pb'),
                            recursive=True))[-1]
   events = _events(trace, categories)
+  instructions = [(f'{name} {shapes.get(name, "")}'.strip(), ran, idle)
+                  for name, ran, idle in _rows(_events(trace, None), steps)]
+  return (_rows(events, steps), wall, len(events) / steps,
+          instructions), state
+
+
+def _rows(events, steps: int) -> list[tuple[str, float, float]]:
+  """(name, ms a step it ran, ms a step of idle time after it), largest
+  total first."""
   ran = collections.defaultdict(float)
-  for begin, stop, category in events:
-    ran[category] += stop - begin
+  for begin, stop, name in events:
+    ran[name] += stop - begin
   idle = _idle_after(events)
-  rows = sorted(((k, ran[k] / 1e6 / steps, idle[k] / 1e6 / steps)
+  return sorted(((k, ran[k] / 1e6 / steps, idle[k] / 1e6 / steps)
                  for k in ran), key=lambda row: -row[1] - row[2])
-  return (rows, wall, len(events) / steps), state
 
 
-def print_table(result) -> None:
-  """The table `profile` measured."""
-  rows, wall, count = result
+def print_table(result, top: int = 0) -> None:
+  """The table `profile` measured, then its `top` instructions."""
+  rows, wall, count, instructions = result
   print(f'{"category":52s} {"ran ms":>8s} {"+ idle ms":>9s}')
   for name, ran, idle in rows:
     print(f'{name:52s} {ran:8.1f} {idle:9.1f}')
@@ -130,3 +146,8 @@ def print_table(result) -> None:
   print(f'step wall {1e3 * wall:.1f} ms: {count:.0f} instructions ran '
         f'{ran:.1f} ms (summed over threads); no instruction ran for '
         f'{idle:.1f} ms ({100 * idle / (1e3 * wall):.0f} % of the wall)')
+  if top:
+    print(f'{"instruction (of the compiled step)":52s} {"ran ms":>8s} '
+          f'{"+ idle ms":>9s}')
+    for name, ran, idle in instructions[:top]:
+      print(f'{name:52s} {ran:8.1f} {idle:9.1f}')

@@ -16,6 +16,8 @@ and the augmentation alone.
   python benchmarks/train_step.py --config configs/fashion_mnist.py \
       --config.batch_size=128 --steps 10 --rounds 3
   python benchmarks/train_step.py --config configs/fashion_mnist.py --profile
+  python benchmarks/train_step.py --config configs/fashion_mnist.py --profile \
+      --top 20
 
 The process is set up as `smog_jax.main` sets itself up (XLA:CPU's flag and
 glibc's malloc: `startup.start_process`). `--profile` instead prints where
@@ -48,6 +50,8 @@ _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per round.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds; best kept.')
 _PROFILE = flags.DEFINE_bool('profile', False, 'Per-operation profile of the '
                              'SMoG step instead of the comparisons.')
+_TOP = flags.DEFINE_integer('top', 0, 'With --profile, also list the N HLO '
+                            'instructions that took the most time.')
 
 
 def baseline_step(state, batch, *, network, tx, spec):
@@ -177,7 +181,7 @@ def main(argv):
     for _ in range(3):  # Compile and warm up.
       st, _ = smog_fn(st, batch)
     result, st = step_profile.profile(smog_fn, st, batch, _STEPS.value)
-    step_profile.print_table(result)
+    step_profile.print_table(result, _TOP.value)
     return
   shard = train_state.state_sharding(st, mesh)
   base_fn = jax.jit(functools.partial(baseline_step, network=network, tx=tx,
