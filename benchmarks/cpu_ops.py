@@ -17,7 +17,7 @@ Milliseconds are each variant's best of `--rounds`. Needs PyTorch (not a
 project requirement): `pip install torch --index-url
 https://download.pytorch.org/whl/cpu`. The process is set up as
 `smog_jax.main` sets itself up (`startup.start_process`); PyTorch gets the
-same number of threads as XLA:CPU's pool (the CPU count) and channels_last.
+same number of threads as XLA:CPU's pool (the usable cores) and channels_last.
 
   python benchmarks/cpu_ops.py --config configs/fashion_mnist.py
   python benchmarks/cpu_ops.py --config configs/fashion_mnist.py --dw_as_matmuls
@@ -26,7 +26,6 @@ same number of threads as XLA:CPU's pool (the CPU count) and channels_last.
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 import flax.linen as nn
@@ -37,6 +36,7 @@ from absl import app, flags
 from jax.extend import core as jax_core
 from ml_collections import config_flags
 
+import machine
 from smog_jax import models, startup
 from smog_jax.models.heads import MLPHead
 
@@ -217,7 +217,7 @@ def main(argv):
   except ImportError:
     raise SystemExit('benchmarks/cpu_ops.py needs PyTorch: pip install torch '
                      '--index-url https://download.pytorch.org/whl/cpu') from None
-  torch.set_num_threads(os.cpu_count())
+  torch.set_num_threads(machine.usable_cores())
   config = _CONFIG.value
   d, m = config.data, config.model
   images = (config.batch_size * d.num_large_crops, d.large_crop_size,
@@ -262,7 +262,7 @@ def main(argv):
         row[i] = min(row[i], _mean_ms(fn, _ITERS.value))
   print(f'{images[0]} images of {images[1]}x{images[2]}x{images[3]}; '
         f'jax {jax.__version__}, torch {torch.__version__} '
-        f'({torch.get_num_threads()} threads); {_cpu_name()}')
+        f'({torch.get_num_threads()} threads); {machine.cpu_description()}')
   print(f'{"operation":20s} {"shape":30s} {"XLA ms":>8s} {"oneDNN ms":>9s} '
         f'{"XLA/oneDNN":>10s}')
   for (op, shape, _), (t_jax, t_torch) in zip(ops, best):
@@ -273,17 +273,6 @@ def main(argv):
     t_jax, t_torch = (sum(r[i] for r in rows) for i in (0, 1))
     print(f'{"sum " + kind:51s} {t_jax:8.2f} {t_torch:9.2f} '
           f'{t_jax / t_torch:10.2f}')
-
-
-def _cpu_name() -> str:
-  """The CPU's model name and its vector extensions of note."""
-  with open('/proc/cpuinfo') as f:
-    info = f.read()
-  name = next((line.split(':', 1)[1].strip() for line in info.splitlines()
-               if line.startswith('model name')), 'unknown CPU')
-  extensions = [e for e in ('avx512f', 'avx512_bf16', 'amx_tile')
-                if f' {e}' in info]
-  return f'{name} ({", ".join(extensions) or "no AVX-512"})'
 
 
 if __name__ == '__main__':

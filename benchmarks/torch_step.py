@@ -64,7 +64,6 @@ from __future__ import annotations
 import collections
 import math
 import os
-import platform
 import statistics
 import time
 from unittest import mock
@@ -74,6 +73,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
+import machine
 import train_step as jax_bench  # Defines --config, --steps, --rounds.
 from smog_jax import augment, schedules, startup
 from smog_jax import train
@@ -151,32 +151,6 @@ def _check_supported(config) -> None:
   if problems:
     raise app.UsageError('The PyTorch reference does not mirror: ' +
                          '; '.join(problems) + '.')
-
-
-def _usable_cores() -> int:
-  """The cores this process may run on."""
-  if hasattr(os, 'sched_getaffinity'):
-    return len(os.sched_getaffinity(0))
-  return os.cpu_count() or 1
-
-
-def _cpu_description() -> str:
-  """The CPU's model name and whether it has AVX-512 and AMX."""
-  name, cpu_flags = None, set()
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        key, _, value = line.partition(':')
-        if key.strip() == 'model name' and name is None:
-          name = value.strip()
-        elif key.strip() == 'flags':
-          cpu_flags = set(value.split())
-  except OSError:
-    pass
-  name = name or platform.processor() or 'unknown CPU'
-  shown = ('avx2', 'avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16')
-  return name + ' [' + ' '.join(
-      f'{f}={"yes" if f in cpu_flags else "no"}' for f in shown) + ']'
 
 
 # The PyTorch network: modules named as Flax names ours, so that a parameter's
@@ -846,7 +820,7 @@ def main(argv):
   _check_supported(config)
   steps = jax_bench._STEPS.value  # pylint: disable=protected-access
   rounds = jax_bench._ROUNDS.value  # pylint: disable=protected-access
-  threads = _THREADS.value or _usable_cores()
+  threads = _THREADS.value or machine.usable_cores()
   torch.set_num_threads(threads)
   photometric = not _NO_AUGMENT.value
 
@@ -868,8 +842,8 @@ def main(argv):
   ours_count = sum(x.size for x in jax.tree.leaves(jax_state.params))
   torch_count = sum(p.numel() for p in torch_step.online.parameters())
 
-  print(f'CPU: {_cpu_description()}, {os.cpu_count()} cores '
-        f'({_usable_cores()} usable)')
+  print(f'CPU: {machine.cpu_description()}, {os.cpu_count()} cores '
+        f'({machine.usable_cores()} usable)')
   print(f'jax {jax.__version__} ({jax.device_count()} x '
         f'{jax.devices()[0].device_kind}); torch {torch.__version__} '
         f'({torch.get_num_threads()} threads, mkldnn '
