@@ -66,7 +66,6 @@ import math
 import os
 import statistics
 import time
-from unittest import mock
 
 import jax
 import numpy as np
@@ -109,8 +108,6 @@ F = None
 _JITTER, _FACTORS, _ORDER, _GREY, _BLUR, _SIGMA, _SOLARIZE, _NUM_DRAWS = (
     augment._JITTER, augment._FACTORS, augment._ORDER, augment._GREY,
     augment._BLUR, augment._SIGMA, augment._SOLARIZE, augment._NUM_DRAWS)
-# The "without augmentation" views of benchmarks/train_step.py.
-_normalised_views = jax_bench._normalised_views
 # pylint: enable=protected-access
 
 # Flax leaf name -> PyTorch's, in the state dict of the mirrored module.
@@ -628,12 +625,10 @@ def _jax_step(network, tx, step_config, mesh, state, batch,
               photometric: bool):
   """Our jitted step, compiled and run once; `photometric=False` traces it
   with the views only normalised (benchmarks/train_step.py's patch)."""
-  fn = train.jit_train_step(network, tx, step_config, mesh, state)
-  if photometric:
-    state, _ = fn(state, batch)
-  else:
-    with mock.patch.object(augment, 'train_views', _normalised_views):
-      state, _ = fn(state, batch)  # Traced inside the patch.
+  fn = (train.jit_train_step(network, tx, step_config, mesh, state)
+        if photometric else
+        jax_bench.normalised_step(network, tx, step_config, mesh, state, batch))
+  state, _ = fn(state, batch)
   return fn, state
 
 
@@ -706,14 +701,14 @@ def run_check(config, spec, sched, network, tx, step_config, mesh,
   jax_state = fresh_state()
   step = TorchStep(config, spec, sched, _host_copy(jax_state),
                    photometric=False)
-  fn = train.jit_train_step(network, tx, step_config, mesh, jax_state)
+  fn = jax_bench.normalised_step(network, tx, step_config, mesh, jax_state,
+                                 batch)
   rows = config.batch_size * config.data.num_large_crops
   ok = True
   print('Without the augmentation, from the same state and crops; relative '
         'L2 differences:')
   for i in range(_CHECK_PLAIN_STEPS):
-    with mock.patch.object(augment, 'train_views', _normalised_views):
-      jax_state, jax_metrics = fn(jax_state, batch)
+    jax_state, jax_metrics = fn(jax_state, batch)
     torch_metrics = step(torch_batch)
     host = _host_copy(jax_state)
     ours = {**torch_layout(host.params), **torch_layout(host.batch_stats)}
@@ -770,16 +765,6 @@ def run_check(config, spec, sched, network, tx, step_config, mesh,
     print(f'  step {_CHECK_PLAIN_STEPS + i}: {losses[0]:.4f} / '
           f'{losses[1]:.4f}' + ('' if finite else '  NOT FINITE'))
   return ok
-
-
-def _time_jax(fn, state, batch, steps: int):
-  """Seconds per step of `steps` calls, the state and last metrics after."""
-  jax.block_until_ready(state)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = fn(state, batch)
-  jax.block_until_ready(state)
-  return (time.perf_counter() - start) / steps, state, metrics
 
 
 def _time_torch(step: TorchStep, batch, steps: int):
@@ -886,8 +871,8 @@ def main(argv):
     # the other (whose threads may still be winding down).
     for name in (('ours', 'torch') if r % 2 == 0 else ('torch', 'ours')):
       if name == 'ours':
-        seconds, jax_state, jax_metrics = _time_jax(jax_fn, jax_state, batch,
-                                                    steps)
+        seconds, jax_state, jax_metrics = jax_bench.timed_steps(
+            jax_fn, jax_state, batch, steps)
       else:
         seconds, torch_metrics = _time_torch(torch_step, torch_batch, steps)
       times[name].append(seconds)
