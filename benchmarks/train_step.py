@@ -18,10 +18,15 @@ and the augmentation alone.
   python benchmarks/train_step.py --config configs/fashion_mnist.py --profile
   python benchmarks/train_step.py --config configs/fashion_mnist.py --profile \
       --top 20
+  python benchmarks/train_step.py --config configs/fashion_mnist.py \
+      --config.data.num_small_crops=4 --heads_per_resolution --rounds 8
 
 The process is set up as `smog_jax.main` sets itself up (XLA:CPU's flag and
 glibc's malloc: `startup.start_process`). `--profile` instead prints where
 the SMoG step's time goes, per operation category (benchmarks/step_profile.py).
+`--heads_per_resolution` instead times the SMoG step against the same step
+with the projector and predictor run once per crop resolution (issue 30's
+before), in alternating rounds of one process.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ _PROFILE = flags.DEFINE_bool('profile', False, 'Per-operation profile of the '
                              'SMoG step instead of the comparisons.')
 _TOP = flags.DEFINE_integer('top', 0, 'With --profile, also list the N HLO '
                             'instructions that took the most time.')
+_HEADS_PER_RESOLUTION = flags.DEFINE_bool(
+    'heads_per_resolution', False, 'Time the SMoG step against the same step '
+    'with its heads run once per resolution instead of the comparisons.')
 
 
 def baseline_step(state, batch, *, network, tx, spec):
@@ -97,6 +105,38 @@ def normalised_step(network, tx, step_config, mesh, state, batch):
   fn = train.jit_train_step(network, tx, step_config, mesh, state)
   with mock.patch.object(augment, 'train_views', _normalised_views):
     return fn.lower(state, batch).compile()
+
+
+class PerResolutionHeads:
+  """The network with its heads applied once per crop resolution.
+
+  The train step applies the heads once to every online crop's features,
+  their BatchNorm statistics pooled over large and small crops. This wrapper
+  splits that call into one per resolution (statistics per resolution, the
+  running ones from the large crops), the layout before issue 30, so the two
+  can be timed in one process. For measurements only.
+  """
+
+  def __init__(self, network, num_large: int, num_small: int):
+    self._network = network
+    self._num_large, self._num_small = num_large, num_small
+
+  def __getattr__(self, name):
+    return getattr(self._network, name)
+
+  def apply(self, variables, inputs, *args, method=None, **kwargs):
+    if method != 'heads':
+      return self._network.apply(variables, inputs, *args, method=method,
+                                 **kwargs)
+    rows = inputs.reshape(-1, self._num_large + self._num_small,
+                          inputs.shape[-1])
+    parts = [self._network.apply(variables, train._merge_crops(r), *args,
+                                 method=method, **kwargs)
+             for r in (rows[:, :self._num_large], rows[:, self._num_large:])]
+    merge = lambda *xs: train._merge_crops(jnp.concatenate(
+        [x.reshape(rows.shape[0], -1, x.shape[-1]) for x in xs], axis=1))
+    outputs = jax.tree.map(merge, *(out for out, _ in parts))
+    return outputs, parts[0][1]
 
 
 def timed_steps(fn, state, batch, steps):
@@ -191,6 +231,9 @@ def main(argv):
     result, st = step_profile.profile(smog_fn, st, batch, _STEPS.value)
     step_profile.print_table(result, _TOP.value)
     return
+  if _HEADS_PER_RESOLUTION.value:
+    _compare_heads(pieces, config, step_config, smog_fn, st)
+    return
   shard = train_state.state_sharding(st, mesh)
   base_fn = jax.jit(functools.partial(baseline_step, network=network, tx=tx,
                                       spec=spec),
@@ -216,6 +259,49 @@ def main(argv):
         f'({b / t_plain:7.1f} img/s); with it: {100 * (t_smog / t_plain - 1):+.1f} %')
   print(f'device augmentation alone: {1e3 * t_aug:8.1f} ms = '
         f'{100 * t_aug / t_smog:.1f} % of the SMoG step (which includes it)')
+
+
+def _compare_heads(pieces, config, step_config, smog_fn, st):
+  """Prints the pooled heads' step against per-resolution heads' step."""
+  d = config.data
+  if not d.num_small_crops:
+    raise app.UsageError('--heads_per_resolution needs small crops '
+                         '(--config.data.num_small_crops=4).')
+  per_resolution = PerResolutionHeads(pieces.network, d.num_large_crops,
+                                      d.num_small_crops)
+  fns = dict(
+      pooled=smog_fn,
+      per_resolution=train.jit_train_step(per_resolution, pieces.tx,
+                                          step_config, pieces.mesh, st))
+  states = dict(pooled=st, per_resolution=pieces.fresh_state())
+  first_loss = {}
+  for name, fn in fns.items():  # Compile and warm up.
+    states[name], metrics = fn(states[name], pieces.batch)
+    first_loss[name] = float(metrics['loss'])
+  rounds = {name: [] for name in fns}
+  for i in range(_ROUNDS.value):
+    # Each round swaps the order, so neither side always runs second.
+    for name in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
+      seconds, states[name], _ = timed_steps(fns[name], states[name],
+                                             pieces.batch, _STEPS.value)
+      rounds[name].append(seconds)
+  print(f'devices={jax.device_count()} batch={config.batch_size} '
+        f'crops={d.num_large_crops}x{d.large_crop_size}+'
+        f'{d.num_small_crops}x{d.small_image_size} '
+        f'backbone={config.model.backbone} width={config.model.width}')
+  # Different losses show the two steps differ (the heads' statistics).
+  print('first step loss: ' + ', '.join(
+      f'{name} {loss:.6f}' for name, loss in first_loss.items()))
+  for name, seconds in rounds.items():
+    print(f'heads {name:>14}: ms/step by round ' +
+          ' '.join(f'{1e3 * s:.1f}' for s in seconds) +
+          f'; median {1e3 * np.median(seconds):.1f}, best '
+          f'{1e3 * min(seconds):.1f}')
+  ratios = np.array(rounds['pooled']) / np.array(rounds['per_resolution'])
+  print('pooled / per-resolution by round: ' +
+        ' '.join(f'{r:.3f}' for r in ratios) +
+        f'; median {np.median(ratios):.3f}; best/best '
+        f'{min(rounds["pooled"]) / min(rounds["per_resolution"]):.3f}')
 
 
 if __name__ == '__main__':
