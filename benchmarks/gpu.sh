@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu.sh          # on the accelerator host
 #   bash benchmarks/gpu.sh smoke    # tiny sizes, to check the script on a CPU
+#                                   # (TensorFlow, tfds and clu blocked)
 #
 # Pure-Python wheels the host lacks (ml-collections) go in .whl/ beside the
 # repository root; they are installed into /tmp/site first. Figures go to
@@ -19,6 +20,15 @@ fi
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 
 if [[ "${1:-}" == smoke ]]; then
+  # As on the accelerator host: TensorFlow, tfds and clu cannot be imported.
+  blocked="$(mktemp -d)"
+  trap 'rm -rf "$blocked"' EXIT
+  for module in tensorflow tensorflow_datasets clu; do
+    mkdir "$blocked/$module"
+    echo "raise ImportError('$module is not on the accelerator host')" \
+      >"$blocked/$module/__init__.py"
+  done
+  export PYTHONPATH="$blocked:$PYTHONPATH"
   step=(--config configs/fashion_mnist.py:tiny --steps 2)
   kmeans=(--kmeans_rows=4000)
   backbones=(--smoke)
