@@ -4,7 +4,10 @@ XLA's CPU backend at optimisation level 0, and a private HOME.
 Every test, and every process a test starts (they inherit this
 environment), sees a temporary HOME, tfds data dir and cache folders, so
 the suite writes nothing into the user's `~/tensorflow_datasets`, caches or
-configuration; `pytest_sessionfinish` fails the run if it did anyway.
+configuration, and nothing into the checkout (no bytecode caches either:
+the README's `python3 -B` for this process, the environment for the
+workers and every process a test starts); `pytest_sessionfinish` fails
+the run if it did anyway.
 """
 
 import fcntl
@@ -20,6 +23,8 @@ REAL_HOME = os.path.expanduser('~')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Packages installed with `pip install --user` stay importable.
 os.environ.setdefault('PYTHONUSERBASE', site.getuserbase())
+os.environ['PYTHONDONTWRITEBYTECODE'] = '1'
+sys.dont_write_bytecode = True
 SANDBOX = tempfile.mkdtemp(prefix='smog_jax_tests_')
 # One folder for the whole session, made by its first process (the xdist
 # controller) and inherited by the workers: they share the compilation cache
@@ -60,18 +65,20 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 def _user_files() -> set[str]:
   """What the suite must not change: the real HOME's top level, its
-  `tensorflow_datasets` tree, and the checkout's untracked files."""
+  `tensorflow_datasets` tree, and the checkout's untracked files and
+  ignored folders (bytecode caches, pytest's cache)."""
   found = set()
   if os.path.isdir(REAL_HOME):
     found.update(os.path.join(REAL_HOME, n) for n in os.listdir(REAL_HOME))
   for root, dirs, files in os.walk(
       os.path.join(REAL_HOME, 'tensorflow_datasets')):
     found.update(os.path.join(root, n) for n in dirs + files)
-  status = subprocess.run(
-      ['git', 'status', '--porcelain', '--untracked-files=all'], cwd=REPO,
-      capture_output=True, text=True, check=False).stdout
-  found.update(os.path.join(REPO, line[3:]) for line in status.splitlines()
-               if line.startswith('??'))
+  for listing in ('--untracked-files=all', '--ignored=matching'):
+    status = subprocess.run(['git', 'status', '--porcelain', listing],
+                            cwd=REPO, capture_output=True, text=True,
+                            check=False).stdout
+    found.update(os.path.join(REPO, line[3:])
+                 for line in status.splitlines() if line[:2] in ('??', '!!'))
   return found
 
 
