@@ -7,8 +7,10 @@
 #                                   # (TensorFlow, tfds and clu blocked)
 #
 # Pure-Python wheels the host lacks (ml-collections) go in .whl/ beside the
-# repository root; they are installed into /tmp/site first. Figures go to
-# docs/benchmarks.md with the card named.
+# repository root; they are installed into /tmp/site first. Through the
+# device tool: command `set -o pipefail; bash benchmarks/gpu.sh 2>&1 | tee
+# $OUT/gpu.log`, carry ['.whl'], so the log comes back even if the call
+# times out. Figures go to docs/benchmarks.md with the card named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
@@ -40,15 +42,16 @@ else
   backbones=()
 fi
 python3 -c 'import jax; print("jax", jax.__version__, jax.devices())'
+# Most wanted first, so a run cut short still answers issue 30's questions.
+part() { echo "== [${SECONDS} s] $*"; }
 
-echo "== ResNet-50 multi-crop SMoG step, with and without device augmentation"
+part "ResNet-50 multi-crop SMoG step, with and without device augmentation"
 python3 benchmarks/train_step.py "${step[@]}"
-echo "== The same with the backbone's BatchNorm per resolution (not pooled)"
-python3 benchmarks/train_step.py "${step[@]}" \
-  --config.model.backbone_bn=per_resolution
-echo "== k-means, K = 3000, D = 128, 10 iterations"
+part "k-means, K = 3000, D = 128, 10 iterations"
 python3 benchmarks/grouping.py "${kmeans[@]}" --repeats=1
-if [[ -f benchmarks/gpu_backbones.py ]]; then
-  echo "== Backbones: multi-crop bf16 step"
-  python3 benchmarks/gpu_backbones.py "${backbones[@]}"
-fi
+part "Backbones: each ImageNet recipe's bf16 step, throughput and memory"
+python3 benchmarks/gpu_backbones.py "${backbones[@]}"
+part "ResNet-50 step, backbone BatchNorm pooled against per resolution"
+python3 benchmarks/train_step.py "${step[@]}" --rounds 4 \
+  --backbone_bn_per_resolution
+part "done"

@@ -9,9 +9,15 @@ every local device. Prints one line per backbone: compile seconds, step
 milliseconds and images per second (global batch / step time; an image is
 one example with all its 8 crops).
 
-Needs only jax, flax, optax, numpy and ml_collections: nothing on its import
-path imports TensorFlow (so the recipe files, which read the data settings,
-are not loaded; the settings below mirror configs/imagenet_*.py).
+Each backbone's network, optimiser, grouping and crops are its recipe's
+(configs/imagenet_*.py, read by `recipes.load_config`); only the batch and
+dtype are set here. Besides the speed, each line gives the step's memory on
+one device: XLA's estimate from the compiled program (arguments + outputs -
+donated + temporaries) and, where the backend reports it (GPU), the
+allocator's peak in use after the timed steps (the kNN monitor's memory
+bank, not part of the step, is in benchmarks/memory.py's figures). Needs
+only jax, flax, optax, numpy and ml_collections: nothing on its import path
+imports TensorFlow.
 
   python benchmarks/gpu_backbones.py                 # accelerator
   python benchmarks/gpu_backbones.py --smoke         # seconds on a CPU
@@ -30,34 +36,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from smog_jax import data as data_lib
-from smog_jax import models, optim, schedules, sharding, train, train_state
+from smog_jax import models, optim, recipes, schedules, sharding, train
+from smog_jax import train_state
 
-_HEADS = dict(projector_hidden_dim=2048, predictor_hidden_dim=2048,
-              bn_momentum=0.9, remat=False)
-_ADAMW = dict(name='adamw', start_lr=4e-5, peak_lr=1e-3, end_lr=4e-5,
-              warmup_epochs=10, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
-              exclude_1d_from_decay=True, grad_clip_norm=3.0)
-BACKBONES = {
-    'resnet50': (
-        dict(backbone='resnet50', width=1.0, stem='imagenet',
-             projection_dim=128, head_activation='relu',
-             zero_init_residual=False, kernel_init='he_fan_out_normal',
-             matmul_small_maps=True, padding='symmetric',
-             backbone_bn='per_resolution', **_HEADS),
-        dict(name='lars', start_lr=0.01, peak_lr=4.8, end_lr=0.0048,
-             warmup_epochs=10, weight_decay=1e-6, momentum=0.9,
-             trust_coefficient=0.001, exclude_1d_from_decay=False,
-             grad_clip_norm=0.0)),
-    'swin_t': (
-        dict(backbone='swin_t', drop_path_rate=0.2, projection_dim=256,
-             head_activation='gelu', head_gelu_approximate=False, **_HEADS),
-        _ADAMW),
-    'vit_s16': (
-        dict(backbone='vit_s16', pooling='cls', base_image_size=224,
-             layer_norm_epsilon=1e-6, drop_path_rate=0.1, projection_dim=256,
-             head_activation='gelu', head_gelu_approximate=False, **_HEADS),
-        _ADAMW),
-}
+RECIPES = {'resnet50': 'imagenet_resnet50', 'swin_t': 'imagenet_swin_t',
+           'vit_s16': 'imagenet_vit_s16'}
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'configs')
 # --smoke: the same code path at CPU size (shrunken backbones, 32 / 16 px).
 SMOKE = {
     'resnet50': dict(backbone='resnet', stage_sizes=(1, 1), block='bottleneck',
@@ -86,29 +71,25 @@ def _parse():
 
 
 def _config(name: str, args) -> ml_collections.ConfigDict:
-  model, optimizer = BACKBONES[name]
-  config = ml_collections.ConfigDict(dict(
-      model=dict(model, dtype=args.dtype), optimizer=optimizer,
-      smog=dict(num_heads=3, num_groups=3000, temperature=0.1,
-                group_momentum_start=1.0, group_momentum_end=0.99,
-                ema_momentum=0.999, ema_schedule='constant',
-                centroid_gradient=False),
-      crops=dict(large=2, small=4, large_size=224, small_size=96)))
+  config = recipes.load_config(os.path.join(CONFIGS, RECIPES[name] + '.py'))
+  config.batch_size = args.batch * jax.device_count()
+  config.model.dtype = args.dtype
   if args.smoke:
     config.model.update(SMOKE[name])
     config.smog.num_groups = 16
-    config.crops.update(large_size=32, small_size=16)
+    config.data.update(large_crop_size=32, small_image_size=16)
   return config
 
 
-def _batch(config, global_batch, mesh):
+def _batch(config, mesh):
   """Random crops, made on the devices already sharded."""
-  c = config.crops
-  shapes = dict(online_large=(c.large, c.large_size),
-                online_small=(c.small, c.small_size),
-                target_large=(c.large, c.large_size))
+  d = config.data
+  shapes = dict(online_large=(d.num_large_crops, d.large_crop_size),
+                online_small=(d.num_small_crops, d.small_image_size),
+                target_large=(d.num_large_crops, d.large_crop_size))
   keys = dict(zip(shapes, jax.random.split(jax.random.PRNGKey(1), 3)))
   sharded = sharding.data_sharded(mesh)
+  global_batch = config.batch_size
 
   @functools.partial(jax.jit, static_argnums=(1, 2), out_shardings=sharded)
   def make(key, n, s):  # The host's uint8 crops.
@@ -122,18 +103,26 @@ def _batch(config, global_batch, mesh):
   return batch
 
 
+def _memory(compiled) -> str:
+  """One device's memory of the step: XLA's estimate and the measured peak."""
+  gib = 2.0**-30
+  m = compiled.memory_analysis()
+  estimate = (m.argument_size_in_bytes + m.output_size_in_bytes -
+              m.alias_size_in_bytes + m.temp_size_in_bytes)
+  stats = jax.local_devices()[0].memory_stats() or {}
+  peak = stats.get('peak_bytes_in_use')
+  return (f'memory/device: XLA {estimate * gib:.2f} GiB, peak in use ' +
+          (f'{peak * gib:.2f} GiB' if peak is not None else 'not reported'))
+
+
 def run(name: str, args, mesh) -> None:
   config = _config(name, args)
   network = models.build_network(config.model)
   sched = schedules.from_config(config, 100_000, 1_000)
   tx = optim.make_optimizer(config.optimizer, sched.learning_rate)
-  # The reference's device augmentation (smog_jax.data's settings need no
-  # TensorFlow).
-  spec = data_lib.resolve(ml_collections.ConfigDict(dict(
-      seed=0, batch_size=args.batch * mesh.size,
-      data=data_lib.default_data_config('imagenet2012')))).augment_spec
+  spec = data_lib.resolve(config).augment_spec
   step_config = train.StepConfig.of(config.smog, sched, spec)
-  size = config.crops.large_size
+  size = config.data.large_crop_size
   create = functools.partial(
       train_state.create_train_state, network=network, tx=tx,
       image_shape=(size, size, 3), num_heads=config.smog.num_heads,
@@ -141,8 +130,7 @@ def run(name: str, args, mesh) -> None:
   abstract = jax.eval_shape(create, jax.random.PRNGKey(0))
   state = jax.jit(create, out_shardings=train_state.state_sharding(
       abstract, mesh))(jax.random.PRNGKey(0))
-  global_batch = args.batch * mesh.size
-  batch = _batch(config, global_batch, mesh)
+  batch = _batch(config, mesh)
   step = train.jit_train_step(network, tx, step_config, mesh, state)
 
   start = time.perf_counter()
@@ -156,10 +144,14 @@ def run(name: str, args, mesh) -> None:
     state, metrics = step(state, batch)
   jax.block_until_ready((state, metrics))
   step_s = (time.perf_counter() - start) / args.steps
-  print(f'{name:9s} batch={global_batch} ({args.batch}/device) '
+  global_batch = config.batch_size
+  d = config.data
+  print(f'{name:9s} batch={global_batch} ({args.batch}/device) crops='
+        f'{d.num_large_crops}x{d.large_crop_size}+'
+        f'{d.num_small_crops}x{d.small_image_size} '
         f'compile={compile_s:.0f}s step={1e3 * step_s:.1f}ms '
-        f'{global_batch / step_s:.0f} img/s loss={float(metrics["loss"]):.3f}',
-        flush=True)
+        f'{global_batch / step_s:.0f} img/s loss={float(metrics["loss"]):.3f} '
+        f'{_memory(step)}', flush=True)
 
 
 def main():
@@ -167,9 +159,7 @@ def main():
   mesh = sharding.make_mesh()
   print(f'backend={jax.default_backend()} devices={mesh.size} '
         f'({jax.devices()[0].device_kind}) dtype={args.dtype} '
-        f'crops=2x{224 if not args.smoke else 32}+4x'
-        f'{96 if not args.smoke else 16} smoke={args.smoke} '
-        f'load={os.getloadavg()[0]:.1f}', flush=True)
+        f'smoke={args.smoke} load={os.getloadavg()[0]:.1f}', flush=True)
   for name in args.models.split(','):
     run(name, args, mesh)
 

@@ -20,13 +20,16 @@ and the augmentation alone.
       --top 20
   python benchmarks/train_step.py --config configs/fashion_mnist.py \
       --config.data.num_small_crops=4 --heads_per_resolution --rounds 8
+  python benchmarks/train_step.py --config configs/fashion_mnist.py \
+      --config.data.num_small_crops=4 --backbone_bn_per_resolution
 
 The process is set up as `smog_jax.main` sets itself up (XLA:CPU's flag and
 glibc's malloc: `startup.start_process`). `--profile` instead prints where
 the SMoG step's time goes, per operation category (benchmarks/step_profile.py).
 `--heads_per_resolution` instead times the SMoG step against the same step
 with the projector and predictor run once per crop resolution (issue 30's
-before), in alternating rounds of one process.
+before), in alternating rounds of one process; `--backbone_bn_per_resolution`
+against the same step with the backbone's BatchNorm per resolution.
 """
 
 from __future__ import annotations
@@ -60,6 +63,10 @@ _TOP = flags.DEFINE_integer('top', 0, 'With --profile, also list the N HLO '
 _HEADS_PER_RESOLUTION = flags.DEFINE_bool(
     'heads_per_resolution', False, 'Time the SMoG step against the same step '
     'with its heads run once per resolution instead of the comparisons.')
+_BACKBONE_BN_PER_RESOLUTION = flags.DEFINE_bool(
+    'backbone_bn_per_resolution', False, 'Time the SMoG step against the '
+    "same step with model.backbone_bn='per_resolution' instead of the "
+    'comparisons.')
 
 
 def baseline_step(state, batch, *, network, tx, spec):
@@ -231,8 +238,13 @@ def main(argv):
     result, st = step_profile.profile(smog_fn, st, batch, _STEPS.value)
     step_profile.print_table(result, _TOP.value)
     return
-  if _HEADS_PER_RESOLUTION.value:
-    _compare_heads(pieces, config, step_config, smog_fn, st)
+  if _HEADS_PER_RESOLUTION.value or _BACKBONE_BN_PER_RESOLUTION.value:
+    if not config.data.num_small_crops:
+      raise app.UsageError('Per resolution needs small crops '
+                           '(--config.data.num_small_crops=4).')
+    compare = (_compare_heads if _HEADS_PER_RESOLUTION.value else
+               _compare_backbone_bn)
+    compare(pieces, config, step_config, smog_fn, st)
     return
   shard = train_state.state_sharding(st, mesh)
   base_fn = jax.jit(functools.partial(baseline_step, network=network, tx=tx,
@@ -264,16 +276,36 @@ def main(argv):
 def _compare_heads(pieces, config, step_config, smog_fn, st):
   """Prints the pooled heads' step against per-resolution heads' step."""
   d = config.data
-  if not d.num_small_crops:
-    raise app.UsageError('--heads_per_resolution needs small crops '
-                         '(--config.data.num_small_crops=4).')
   per_resolution = PerResolutionHeads(pieces.network, d.num_large_crops,
                                       d.num_small_crops)
-  fns = dict(
+  _compare(pieces, config, 'heads', dict(
       pooled=smog_fn,
       per_resolution=train.jit_train_step(per_resolution, pieces.tx,
-                                          step_config, pieces.mesh, st))
-  states = dict(pooled=st, per_resolution=pieces.fresh_state())
+                                          step_config, pieces.mesh, st)), st)
+
+
+def _compare_backbone_bn(pieces, config, step_config, smog_fn, st):
+  """Prints the config's step against the same with the backbone's
+  BatchNorm per resolution (`model.backbone_bn='per_resolution'`)."""
+  if config.model.backbone_bn != 'pooled':
+    raise app.UsageError('--backbone_bn_per_resolution compares with the '
+                         "config's pooled BatchNorm: its model.backbone_bn "
+                         f'is {config.model.backbone_bn!r}.')
+  model = config.model.copy_and_resolve_references()
+  model.backbone_bn = 'per_resolution'
+  _compare(pieces, config, 'backbone BN', dict(
+      pooled=smog_fn,
+      per_resolution=train.jit_train_step(models.build_network(model),
+                                          pieces.tx, step_config,
+                                          pieces.mesh, st)), st)
+
+
+def _compare(pieces, config, what, fns, st):
+  """Times two steps in alternating rounds of one process; prints each
+  round's figures and the first's time over the second's."""
+  d = config.data
+  first, second = fns
+  states = {first: st, second: pieces.fresh_state()}
   first_loss = {}
   for name, fn in fns.items():  # Compile and warm up.
     states[name], metrics = fn(states[name], pieces.batch)
@@ -285,24 +317,26 @@ def _compare_heads(pieces, config, step_config, smog_fn, st):
       seconds, states[name], _ = timed_steps(fns[name], states[name],
                                              pieces.batch, _STEPS.value)
       rounds[name].append(seconds)
-  print(f'devices={jax.device_count()} batch={config.batch_size} '
+  print(f'devices={jax.device_count()} ({jax.devices()[0].device_kind}) '
+        f'batch={config.batch_size} '
         f'crops={d.num_large_crops}x{d.large_crop_size}+'
         f'{d.num_small_crops}x{d.small_image_size} '
-        f'backbone={config.model.backbone} width={config.model.width}')
-  # Different losses show the two steps differ (the heads' statistics).
+        f'backbone={config.model.backbone} width={config.model.width} '
+        f'dtype={config.model.dtype}')
+  # Different losses show the two steps differ.
   print('first step loss: ' + ', '.join(
       f'{name} {loss:.6f}' for name, loss in first_loss.items()))
   for name, seconds in rounds.items():
-    print(f'heads {name:>14}: ms/step by round ' +
+    print(f'{what} {name:>14}: ms/step by round ' +
           ' '.join(f'{1e3 * s:.1f}' for s in seconds) +
           f'; median {1e3 * np.median(seconds):.1f}, best '
-          f'{1e3 * min(seconds):.1f}')
-  ratios = np.array(rounds['pooled']) / np.array(rounds['per_resolution'])
-  print('pooled / per-resolution by round: ' +
+          f'{1e3 * min(seconds):.1f} '
+          f'({config.batch_size / min(seconds):.0f} img/s)')
+  ratios = np.array(rounds[first]) / np.array(rounds[second])
+  print(f'{first} / {second} by round: ' +
         ' '.join(f'{r:.3f}' for r in ratios) +
         f'; median {np.median(ratios):.3f}; best/best '
-        f'{min(rounds["pooled"]) / min(rounds["per_resolution"]):.3f}')
-
+        f'{min(rounds[first]) / min(rounds[second]):.3f}')
 
 if __name__ == '__main__':
   app.run(main)
