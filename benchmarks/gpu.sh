@@ -1,32 +1,34 @@
 #!/usr/bin/env bash
-# The prepared accelerator check: one H100/H200, about 5 minutes, synthetic
+# The prepared accelerator check: one H100/H200, a few minutes, synthetic
 # uint8 crops, no TensorFlow (JAX, flax, optax and ml-collections only).
 #
 #   bash benchmarks/gpu.sh          # on the accelerator host
 #   bash benchmarks/gpu.sh smoke    # tiny sizes, to check the script on a CPU
 #                                   # (TensorFlow, tfds and clu blocked)
 #
-# Pure-Python wheels the host lacks (ml-collections) go in .whl/ beside the
-# repository root; they are installed into /tmp/site first. Through the
-# device tool: command `set -o pipefail; bash benchmarks/gpu.sh 2>&1 | tee
-# $OUT/gpu.log`, carry ['.whl'], so the log comes back even if the call
-# times out. Figures go to docs/benchmarks.md with the card named.
+# Pure-Python wheels go in .whl/ beside the repository root (`bash
+# benchmarks/gpu_wheels.sh`: ml-collections, which the host lacks, and the
+# pinned flax and optax); they are installed into a temporary folder first.
+# Through the device tool: command `set -o pipefail; bash benchmarks/gpu.sh
+# 2>&1 | tee $OUT/gpu.log`, carry ['.whl'], so the log comes back even if
+# the call times out. Figures go to docs/benchmarks.md with the card named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade \
-    --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site:$PYTHONPATH"
+    --target "$scratch/site" .whl/*.whl
+  export PYTHONPATH="$scratch/site:$PYTHONPATH"
 fi
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 
 if [[ "${1:-}" == smoke ]]; then
   # As on the accelerator host: TensorFlow, tfds and clu cannot be imported.
-  blocked="$(mktemp -d)"
-  trap 'rm -rf "$blocked"' EXIT
+  blocked="$scratch/blocked"
   for module in tensorflow tensorflow_datasets clu; do
-    mkdir "$blocked/$module"
+    mkdir -p "$blocked/$module"
     echo "raise ImportError('$module is not on the accelerator host')" \
       >"$blocked/$module/__init__.py"
   done
