@@ -23,6 +23,10 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH="$scratch/site:$PYTHONPATH"
 fi
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
+# A program compiled by one part is not compiled again by a later one (the
+# ResNet-50 step of part 1 is part 4's pooled side).
+export JAX_COMPILATION_CACHE_DIR="$scratch/xla_cache"
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 
 if [[ "${1:-}" == smoke ]]; then
   # As on the accelerator host: TensorFlow, tfds and clu cannot be imported.
