@@ -11,7 +11,8 @@ one example with all its 8 crops).
 
 Each backbone's network, optimiser, grouping and crops are its recipe's
 (configs/imagenet_*.py, read by `recipes.load_config`); only the batch and
-dtype are set here. Besides the speed, each line gives the step's memory on
+dtype are set here. The step, state and crops are built as
+benchmarks/train_step.py builds them (`train_step.setup`). Besides the speed, each line gives the step's memory on
 one device: XLA's estimate from the compiled program (arguments + outputs -
 donated + temporaries) and, where the backend reports it (GPU), the
 allocator's peak in use after the timed steps (the kNN monitor's memory
@@ -27,17 +28,14 @@ imports TensorFlow.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-from smog_jax import data as data_lib
-from smog_jax import models, optim, recipes, schedules, sharding, train
-from smog_jax import train_state
+import train_step  # The step's construction and timing, shared.
+from smog_jax import recipes, train
 
 RECIPES = {'resnet50': 'imagenet_resnet50', 'swin_t': 'imagenet_swin_t',
            'vit_s16': 'imagenet_vit_s16'}
@@ -81,28 +79,6 @@ def _config(name: str, args) -> ml_collections.ConfigDict:
   return config
 
 
-def _batch(config, mesh):
-  """Random crops, made on the devices already sharded."""
-  d = config.data
-  shapes = dict(online_large=(d.num_large_crops, d.large_crop_size),
-                online_small=(d.num_small_crops, d.small_image_size),
-                target_large=(d.num_large_crops, d.large_crop_size))
-  keys = dict(zip(shapes, jax.random.split(jax.random.PRNGKey(1), 3)))
-  sharded = sharding.data_sharded(mesh)
-  global_batch = config.batch_size
-
-  @functools.partial(jax.jit, static_argnums=(1, 2), out_shardings=sharded)
-  def make(key, n, s):  # The host's uint8 crops.
-    return jax.random.randint(key, (global_batch, n, s, s, 3), 0, 256,
-                              jnp.int32).astype(jnp.uint8)
-
-  batch = {k: make(keys[k], n, s) for k, (n, s) in shapes.items()}
-  batch['index'] = jax.device_put(jnp.arange(global_batch, dtype=jnp.int32),
-                                  sharded)
-  batch['epoch'] = jax.device_put(jnp.zeros(global_batch, jnp.int32), sharded)
-  return batch
-
-
 def _memory(compiled) -> str:
   """One device's memory of the step: XLA's estimate and the measured peak."""
   gib = 2.0**-30
@@ -115,35 +91,21 @@ def _memory(compiled) -> str:
           (f'{peak * gib:.2f} GiB' if peak is not None else 'not reported'))
 
 
-def run(name: str, args, mesh) -> None:
+def run(name: str, args) -> None:
   config = _config(name, args)
-  network = models.build_network(config.model)
-  sched = schedules.from_config(config, 100_000, 1_000)
-  tx = optim.make_optimizer(config.optimizer, sched.learning_rate)
-  spec = data_lib.resolve(config).augment_spec
-  step_config = train.StepConfig.of(config.smog, sched, spec)
-  size = config.data.large_crop_size
-  create = functools.partial(
-      train_state.create_train_state, network=network, tx=tx,
-      image_shape=(size, size, 3), num_heads=config.smog.num_heads,
-      num_groups=config.smog.num_groups)
-  abstract = jax.eval_shape(create, jax.random.PRNGKey(0))
-  state = jax.jit(create, out_shardings=train_state.state_sharding(
-      abstract, mesh))(jax.random.PRNGKey(0))
-  batch = _batch(config, mesh)
-  step = train.jit_train_step(network, tx, step_config, mesh, state)
-
+  pieces = train_step.setup(config)
+  step_config = train.StepConfig.of(config.smog, pieces.schedules,
+                                    pieces.spec)
+  state = pieces.fresh_state()
+  step = train.jit_train_step(pieces.network, pieces.tx, step_config,
+                              pieces.mesh, state)
   start = time.perf_counter()
-  step = step.lower(state, batch).compile()
+  step = step.lower(state, pieces.batch).compile()
   compile_s = time.perf_counter() - start
-  for _ in range(2):
-    state, metrics = step(state, batch)
-  jax.block_until_ready((state, metrics))
-  start = time.perf_counter()
-  for _ in range(args.steps):
-    state, metrics = step(state, batch)
-  jax.block_until_ready((state, metrics))
-  step_s = (time.perf_counter() - start) / args.steps
+  for _ in range(2):  # Warm-up.
+    state, _ = step(state, pieces.batch)
+  step_s, state, metrics = train_step.timed_steps(step, state, pieces.batch,
+                                                  args.steps)
   global_batch = config.batch_size
   d = config.data
   print(f'{name:9s} batch={global_batch} ({args.batch}/device) crops='
@@ -156,12 +118,11 @@ def run(name: str, args, mesh) -> None:
 
 def main():
   args = _parse()
-  mesh = sharding.make_mesh()
-  print(f'backend={jax.default_backend()} devices={mesh.size} '
+  print(f'backend={jax.default_backend()} devices={jax.device_count()} '
         f'({jax.devices()[0].device_kind}) dtype={args.dtype} '
         f'smoke={args.smoke} load={os.getloadavg()[0]:.1f}', flush=True)
   for name in args.models.split(','):
-    run(name, args, mesh)
+    run(name, args)
 
 
 if __name__ == '__main__':
