@@ -12,9 +12,10 @@ one example with all its 8 crops).
 Each backbone's network, optimiser, grouping and crops are its recipe's
 (configs/imagenet_*.py, read by `recipes.load_config`); only the batch and
 dtype are set here. The step, state and crops are built as
-benchmarks/train_step.py builds them (`train_step.setup`). Besides the speed, each line gives the step's memory on
-one device: XLA's estimate from the compiled program (arguments + outputs -
-donated + temporaries) and, where the backend reports it (GPU), the
+benchmarks/train_step.py builds them (`train_step.setup`). Besides the
+speed, each line gives the step's memory on one device: XLA's estimate from
+the compiled program (arguments + outputs - donated + temporaries, as
+benchmarks/memory.py) and, where the backend reports it (GPU), the
 allocator's peak in use after the timed steps (the kNN monitor's memory
 bank, not part of the step, is in benchmarks/memory.py's figures). Needs
 only jax, flax, optax, numpy and ml_collections: nothing on its import path
@@ -34,6 +35,7 @@ import time
 import jax
 import ml_collections
 
+import memory  # XLA's memory estimate, as memory.py reads it.
 import train_step  # The step's construction and timing, shared.
 from smog_jax import recipes, train
 
@@ -82,9 +84,7 @@ def _config(name: str, args) -> ml_collections.ConfigDict:
 def _memory(compiled) -> str:
   """One device's memory of the step: XLA's estimate and the measured peak."""
   gib = 2.0**-30
-  m = compiled.memory_analysis()
-  estimate = (m.argument_size_in_bytes + m.output_size_in_bytes -
-              m.alias_size_in_bytes + m.temp_size_in_bytes)
+  estimate = memory.estimated_peak_bytes(compiled.memory_analysis())
   stats = jax.local_devices()[0].memory_stats() or {}
   peak = stats.get('peak_bytes_in_use')
   return (f'memory/device: XLA {estimate * gib:.2f} GiB, peak in use ' +
